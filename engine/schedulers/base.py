@@ -1,0 +1,142 @@
+"""The one interface the denoising loop uses for every scheduler, and what the schedulers share.
+
+Each scheduler is a numpy port of the diffusers class of the same name: it takes that class's
+``scheduler_config.json`` keys, with diffusers' defaults, and gives the same timesteps, input scaling and
+steps. A key diffusers accepts but this port does not implement is an error naming the key, never silently
+ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..random import TorchGenerator
+
+
+class Scheduler(ABC):
+    """A diffusion sampler in numpy, one instance per generation (it keeps per-run state).
+
+    The loop is, for every scheduler::
+
+        scheduler.set_timesteps(n)
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:  # 2nd-order schedulers list most timesteps twice: one UNet call each
+            noise = unet(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(noise, t, latents, eta=eta, generator=generator)
+    """
+
+    #: diffusers' class name, the name users pick a scheduler by.
+    name: ClassVar[str]
+    #: diffusers' ``order``: 2 for schedulers that call the UNet twice per step.
+    order: ClassVar[int] = 1
+    #: Every config key diffusers' class accepts, with diffusers' default.
+    config_defaults: ClassVar[dict[str, Any]]
+    #: The values this port implements, for keys where it does not implement all of diffusers'.
+    supported_values: ClassVar[dict[str, Collection[Any]]] = {}
+
+    timesteps: np.ndarray
+    init_noise_sigma: float = 1.0
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        unknown = sorted(k for k in config if k not in self.config_defaults and not k.startswith("_"))
+        if unknown:
+            raise ValueError(f"{self.name} has no config key {unknown[0]!r}")
+        self.config = {**self.config_defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
+        for key, allowed in self.supported_values.items():
+            if not _is_one_of(self.config[key], allowed):
+                raise ValueError(
+                    f"{self.name}: config {key}={self.config[key]!r} is not supported by the numpy scheduler"
+                    f" (supported: {', '.join(repr(v) for v in allowed)})"
+                )
+
+    @classmethod
+    def from_config(cls, base: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Scheduler:
+        """Like diffusers' ``from_config``: keys of ``base`` (often another scheduler's config) that this class
+        does not take are dropped, as diffusers drops them; an unknown key in ``overrides`` is an error."""
+        kept = {k: v for k, v in base.items() if k in cls.config_defaults}
+        return cls({**kept, **(overrides or {})})
+
+    @abstractmethod
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Prepare ``timesteps`` (and ``init_noise_sigma``) for a run of ``num_inference_steps`` steps."""
+
+    def scale_model_input(self, sample: np.ndarray, timestep: float) -> np.ndarray:
+        """The UNet input for ``sample`` at ``timestep`` (identity for variance-preserving samplers)."""
+        return sample
+
+    @abstractmethod
+    def step(
+        self,
+        model_output: np.ndarray,
+        timestep: float,
+        sample: np.ndarray,
+        *,
+        eta: float = 0.0,
+        generator: TorchGenerator | None = None,
+    ) -> np.ndarray:
+        """The sample at the next timestep. ``eta`` is DDIM's; ``generator`` feeds stochastic samplers."""
+
+
+def _is_one_of(value: Any, allowed: Collection[Any]) -> bool:
+    # `True == 1` in Python: compare types too, so that 1 is not taken for True.
+    return any(value == a and type(value) is type(a) for a in allowed)
+
+
+def betas_from_config(config: Mapping[str, Any]) -> np.ndarray:
+    """The training betas as diffusers computes them (float32), from ``trained_betas`` or ``beta_schedule``."""
+    n = int(config["num_train_timesteps"])
+    if config.get("trained_betas") is not None:
+        return np.asarray(config["trained_betas"], dtype=np.float32)
+    schedule = config["beta_schedule"]
+    if schedule == "linear":
+        return _linspace_f32(config["beta_start"], config["beta_end"], n)
+    if schedule == "scaled_linear":
+        return _linspace_f32(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
+    if schedule == "squaredcos_cap_v2":
+        return _cosine_betas(n)
+    raise ValueError(f"unsupported beta_schedule {schedule!r}")
+
+
+def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)``: float32 arithmetic, filled from both ends."""
+    first, last = np.float32(start), np.float32(end)
+    step = (last - first) / np.float32(max(steps - 1, 1))
+    index = np.arange(steps, dtype=np.float32)
+    half = steps // 2
+    return np.concatenate([first + step * index[:half], last - step * (np.float32(steps - 1) - index[half:])])
+
+
+def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
+    """diffusers' ``betas_for_alpha_bar`` with the Glide cosine schedule."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], dtype=np.float32)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Betas with zero terminal SNR (https://huggingface.co/papers/2305.08891, Algorithm 1), as diffusers."""
+    alphas_bar_sqrt = np.cumprod(1.0 - betas, dtype=np.float32) ** np.float32(0.5)
+    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return (1 - alphas).astype(np.float32)
+
+
+def alphas_cumprod_from_config(config: Mapping[str, Any]) -> np.ndarray:
+    """Cumulative products of ``1 - beta`` (float32, as diffusers), honouring ``rescale_betas_zero_snr``."""
+    betas = betas_from_config(config)
+    if config.get("rescale_betas_zero_snr"):
+        betas = rescale_zero_terminal_snr(betas)
+    return np.cumprod(np.float32(1.0) - betas, dtype=np.float32)

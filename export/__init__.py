@@ -1,0 +1,1 @@
+"""Export AudioLDM checkpoints to ONNX graphs and TensorRT engines (needs the `export` extra)."""

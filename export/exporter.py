@@ -1,0 +1,171 @@
+"""``audioldm-trt export``: a diffusers AudioLDM checkpoint -> an engine directory the runtime loads.
+
+The directory is written under a temporary name beside the target and renamed into place at the end, so an
+interrupted export never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Collection
+from importlib import metadata
+from pathlib import Path
+
+from diffusers import AudioLDMPipeline
+from tqdm import tqdm
+
+from ..engine.errors import EngineError
+from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
+from ..engine.tokenizer import TOKENIZER_FILES
+from .onnx import GraphIO, export_text_encoder, export_unet, export_vae_decoder, export_vocoder
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class SourceError(EngineError, ValueError):
+    """The checkpoint to export cannot be found or read."""
+
+
+def load_pipeline(source: str) -> tuple[AudioLDMPipeline, Path]:
+    """The fp32 pipeline and the local directory it was read from (hub ids are downloaded by diffusers)."""
+    if Path(source).exists():
+        directory = Path(source)
+        if not (directory / "model_index.json").is_file():
+            raise SourceError(f"{source} is not a diffusers AudioLDM directory (no model_index.json)")
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(source))
+        except Exception as error:  # the hub client raises many types: offline, unknown repo, auth
+            raise SourceError(f"cannot find model {source!r}: not a local directory, and the hub says: {error}") from None
+    try:
+        pipe = AudioLDMPipeline.from_pretrained(directory)
+    except Exception as error:
+        raise SourceError(f"cannot load {directory} as an AudioLDM pipeline: {error}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, directory
+
+
+def model_spec(pipe: AudioLDMPipeline) -> ModelSpec:
+    """Every dimension the runtime needs, read from the components' configs."""
+    vae_scale_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return ModelSpec(
+        sampling_rate=int(pipe.vocoder.config.sampling_rate),
+        vocoder_upsample_rates=[int(r) for r in pipe.vocoder.config.upsample_rates],
+        vae_scale_factor=vae_scale_factor,
+        vae_scaling_factor=float(pipe.vae.config.scaling_factor),
+        latent_channels=int(pipe.unet.config.in_channels),
+        mel_bins=int(pipe.vocoder.config.model_in_dim),
+        unet_sample_size=int(pipe.unet.config.sample_size),
+        embedding_dim=int(pipe.text_encoder.config.projection_dim),
+        tokenizer_max_length=int(pipe.tokenizer.model_max_length),
+    )
+
+
+def export_model(
+    source: str,
+    output: str | os.PathLike[str],
+    precision: str = "fp32",
+    fp32_graphs: Collection[str] = (),
+    force: bool = False,
+) -> Path:
+    """Export ``source`` into ``output``; ``fp32_graphs`` stay fp32 when ``precision`` is fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    unknown = sorted(set(fp32_graphs) - set(GRAPH_NAMES))
+    if unknown:
+        raise ValueError(f"unknown graph {unknown[0]!r} for --fp32; choose from {', '.join(GRAPH_NAMES)}")
+    output = Path(output)
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} already exists (pass --force to replace it)")
+    pipe, source_dir = load_pipeline(source)
+    spec = model_spec(pipe)
+    if spec.mel_bins % spec.vae_scale_factor:
+        raise SourceError(f"{source}: {spec.mel_bins} mel bins are not divisible by the VAE factor {spec.vae_scale_factor}")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary directory
+    try:
+        exports: dict[str, Callable[[Path], GraphIO]] = {
+            "text_encoder": lambda p: export_text_encoder(pipe.text_encoder, p),
+            "unet": lambda p: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim),
+            "vae_decoder": lambda p: export_vae_decoder(pipe.vae, p, spec.latent_width),
+            "vocoder": lambda p: export_vocoder(pipe.vocoder, p),
+        }
+        graphs: dict[str, GraphSpec] = {}
+        with tqdm(total=len(exports), desc="exporting", unit="graph") as bar:
+            for name, export in exports.items():
+                bar.set_postfix_str(name)
+                path = work / f"{name}.onnx"
+                io = export(path)
+                graph_precision = "fp32"
+                if precision == "fp16" and name not in fp32_graphs:
+                    from .fp16 import convert_to_fp16
+
+                    convert_to_fp16(path, name)
+                    graph_precision = "fp16"
+                graphs[name] = GraphSpec(
+                    file=path.name,
+                    precision=graph_precision,
+                    inputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.inputs.items()},
+                    outputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.outputs.items()},
+                )
+                bar.update()
+        _copy_tokenizer(source_dir / "tokenizer", work / "tokenizer")
+        manifest = Manifest(
+            model=spec,
+            scheduler=dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__},
+            graphs=graphs,
+            files={str(p.relative_to(work)): file_record(p) for p in sorted(work.rglob("*")) if p.is_file()},
+            precision=precision,
+            source=str(source),
+            versions=_versions(),
+        )
+        manifest.save(work)
+        _replace(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info("exported %s to %s", source, output)
+    return output
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    present = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    if not ("tokenizer.json" in present or {"vocab.json", "merges.txt"} <= set(present)):
+        raise SourceError(f"{source} has neither tokenizer.json nor vocab.json + merges.txt")
+    target.mkdir()
+    for name in present:
+        shutil.copyfile(source / name, target / name)
+
+
+def _replace(work: Path, output: Path) -> None:
+    """Move the finished export into place; an existing one is swapped out only after that succeeds."""
+    if not output.exists():
+        os.replace(work, output)
+        return
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    os.replace(output, old)
+    os.replace(work, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    names = ("audioldm-trt", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "numpy")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+__all__ = ["PRECISIONS", "SourceError", "export_model", "load_pipeline", "model_spec"]

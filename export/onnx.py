@@ -1,0 +1,242 @@
+"""The four AudioLDM networks as ONNX graphs with dynamic axes, each checked against PyTorch after export.
+
+One function per component. Every graph is traced at one shape and then run with ONNX Runtime at another
+(another batch, another length) and compared with the PyTorch module, so a trace that baked a shape into
+the graph fails the export, naming the graph, instead of giving wrong audio later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+#: Graphs above this size keep their weights in a side file: protobuf cannot hold more than 2 GB.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Relative max difference allowed between the fp32 graph and PyTorch at the verification shapes.
+FP32_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """An exported graph is wrong or could not be written."""
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Names and symbolic shapes of a graph's inputs and outputs, recorded in the manifest."""
+
+    inputs: dict[str, tuple[str, list[int | str]]]
+    outputs: dict[str, tuple[str, list[int | str]]]
+
+
+class _TextEncoder(torch.nn.Module):
+    """CLAP text tower + projection + the L2 normalisation diffusers applies after it."""
+
+    def __init__(self, model: ClapTextModelWithProjection) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        embeds = self.model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+        return torch.nn.functional.normalize(embeds, dim=-1)
+
+
+class _UNet(torch.nn.Module):
+    """AudioLDM's call of the UNet: no cross-attention states, the text embedding as class labels."""
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=None, class_labels=class_labels, return_dict=False)[0]
+
+
+class _VAEDecoder(torch.nn.Module):
+    """Scaled latents to mel spectrogram; the runtime divides by the VAE scaling factor first."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+class _Vocoder(torch.nn.Module):
+    def __init__(self, vocoder: SpeechT5HifiGan) -> None:
+        super().__init__()
+        self.vocoder = vocoder
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.vocoder(mel)
+
+
+def export_text_encoder(model: ClapTextModelWithProjection, path: Path) -> GraphIO:
+    """input_ids, attention_mask (batch, tokens) -> L2-normalised text_embeds (batch, D).
+
+    Traced with eager attention and a padded row, so that masking is in the graph for every input."""
+    model.set_attn_implementation("eager")
+    module = _TextEncoder(model).eval()
+    io = GraphIO(
+        inputs={"input_ids": ("int64", ["batch", "tokens"]), "attention_mask": ("int64", ["batch", "tokens"])},
+        outputs={"text_embeds": ("float32", ["batch", model.config.projection_dim])},
+    )
+    vocab = model.config.vocab_size
+    _export(module, _token_inputs(batch=2, tokens=9, vocab=vocab), path, io)
+    _verify(module, path, "text_encoder", _token_inputs(batch=3, tokens=14, vocab=vocab), io)
+    _verify(module, path, "text_encoder", _token_inputs(batch=1, tokens=5, vocab=vocab, padded=False), io)
+    return io
+
+
+def _token_inputs(batch: int, tokens: int, vocab: int, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(tokens)
+    ids = torch.randint(3, vocab, (batch, tokens), generator=generator)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones(batch, tokens, dtype=torch.int64)
+    if padded:  # the last row is padded after its end-of-text token, as the tokenizer pads
+        keep = tokens // 2
+        ids[-1, keep - 1], ids[-1, keep:], mask[-1, keep:] = 2, 1, 0
+    return ids, mask
+
+
+def export_unet(unet: UNet2DConditionModel, path: Path, latent_width: int, embedding_dim: int) -> GraphIO:
+    """sample (batch, C, H, W), timestep (batch,), class_labels (batch, D) -> noise prediction.
+
+    diffusers up-samples to the skip connection's size only when H or W is not a multiple of the UNet's
+    total down-sampling, a Python branch a trace freezes. Tracing at such a height puts the general form
+    (sizes read from the skip tensors) into the graph, which is exact for every height."""
+    channels = unet.config.in_channels
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    io = GraphIO(
+        inputs={
+            "sample": ("float32", ["batch", channels, "height", latent_width]),
+            "timestep": ("float32", ["batch"]),
+            "class_labels": ("float32", ["batch", embedding_dim]),
+        },
+        outputs={"noise_pred": ("float32", ["batch", unet.config.out_channels, "height", latent_width])},
+    )
+    module = _UNet(unet).eval()
+
+    def inputs(batch: int, height: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(height)
+        return (
+            torch.randn(batch, channels, height, latent_width, generator=generator),
+            torch.full((batch,), 301.0),
+            torch.nn.functional.normalize(torch.randn(batch, embedding_dim, generator=generator), dim=-1),
+        )
+
+    _export(module, inputs(2, 3 * factor + 1), path, io)
+    _verify(module, path, "unet", inputs(3, 2 * factor), io)
+    _verify(module, path, "unet", inputs(1, 5 * factor - 3), io)
+    return io
+
+
+def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int) -> GraphIO:
+    """latents (batch, C, H, W), already divided by the scaling factor -> mel (batch, 1, H*f, W*f)."""
+    channels = vae.config.latent_channels
+    io = GraphIO(
+        inputs={"latents": ("float32", ["batch", channels, "height", latent_width])},
+        outputs={"mel": ("float32", ["batch", 1, "mel_frames", "mel_bins"])},
+    )
+    module = _VAEDecoder(vae).eval()
+
+    def inputs(batch: int, height: int) -> tuple[torch.Tensor]:
+        return (torch.randn(batch, channels, height, latent_width, generator=torch.Generator().manual_seed(height)),)
+
+    _export(module, inputs(1, 13), path, io)
+    _verify(module, path, "vae_decoder", inputs(2, 20), io)
+    return io
+
+
+def export_vocoder(vocoder: SpeechT5HifiGan, path: Path) -> GraphIO:
+    """mel (batch, frames, bins) -> waveform (batch, samples)."""
+    bins = vocoder.config.model_in_dim
+    io = GraphIO(
+        inputs={"mel": ("float32", ["batch", "frames", bins])},
+        outputs={"waveform": ("float32", ["batch", "samples"])},
+    )
+    module = _Vocoder(vocoder).eval()
+
+    def inputs(batch: int, frames: int) -> tuple[torch.Tensor]:
+        return (torch.randn(batch, frames, bins, generator=torch.Generator().manual_seed(frames)),)
+
+    _export(module, inputs(1, 23), path, io)
+    _verify(module, path, "vocoder", inputs(2, 40), io)
+    return io
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """The tracer warns about every Python-level shape use; the verification step is what checks them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        yield
+
+
+def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO) -> None:
+    """Trace ``module`` to ``path`` with the symbolic axes of ``io``; weights inline, or external over 2 GB."""
+    dynamic_axes = {
+        name: {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
+        for name, (_, shape) in {**io.inputs, **io.outputs}.items()
+    }
+    with torch.no_grad(), _quiet_tracing():
+        torch.onnx.export(
+            module,
+            tuple(args),
+            str(path),
+            dynamo=False,
+            input_names=list(io.inputs),
+            output_names=list(io.outputs),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(path))
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
+
+
+def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch.Tensor], io: GraphIO) -> None:
+    """Fail the export if ONNX Runtime's output at ``args`` differs from PyTorch's beyond the tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: a.numpy() for n, a in zip(io.inputs, args)}
+    if "timestep" in feeds:
+        feeds["timestep"] = feeds["timestep"].astype(np.float32)
+    (actual,) = session.run(None, feeds)
+    with torch.no_grad():
+        expected = module(*args).numpy()
+    error = relative_max_difference(actual, expected)
+    shape = "x".join(str(d) for d in args[0].shape)
+    if actual.shape != expected.shape or not error < FP32_TOLERANCE:
+        raise ExportError(
+            f"{name}: the ONNX graph differs from PyTorch at input shape {shape}"
+            f" (relative max difference {error:.2e}, shapes {actual.shape} vs {expected.shape})"
+        )
+    logger.info("%s verified at input shape %s: relative max difference %.2e", name, shape, error)
+
+
+def relative_max_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max|actual - expected| / max|expected|: the measure every parity check of this project uses."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = float(np.abs(expected).max())
+    return float(np.abs(actual.astype(np.float64) - expected).max() / (scale if scale > 0 else 1.0))

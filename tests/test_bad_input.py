@@ -1,0 +1,179 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, no partial output; ValueError before any graph runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from audioldm_trt.engine import Engine, EngineDirectoryError
+from audioldm_trt.engine.backends import Graph
+from conftest import ModelUnderTest
+from test_cli import run_cli
+
+
+def _assert_one_line_error(result: Any, status: int, *needles: str) -> None:
+    assert result.returncode == status, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-3"], "--steps"),
+        (["--steps", "ten"], "--steps"),
+        (["--duration", "0"], "--duration"),
+        (["--duration", "-1"], "--duration"),
+        (["--duration", "0.001"], "audio_length_in_s"),
+        (["--guidance", "nan"], "--guidance"),
+        (["--guidance", "inf"], "--guidance"),
+        (["--waveforms", "0"], "--waveforms"),
+        (["--seed", "-1"], "--seed"),
+        (["--scheduler", "NoSuchScheduler"], "--scheduler"),
+        (["--backend", "cuda9"], "--backend"),
+    ],
+)
+def test_bad_arguments_exit_2(tiny: ModelUnderTest, tmp_path: Path, flags: list[str], needle: str) -> None:
+    result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", str(tmp_path / "x.wav"), *flags)
+    _assert_one_line_error(result, 2, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_output_paths(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", str(tmp_path / "x.mp3"))
+    _assert_one_line_error(result, 2, ".wav")
+    result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", str(tmp_path / "missing" / "x.wav"))
+    _assert_one_line_error(result, 2, "does not exist")
+    (tmp_path / "x_1.wav").mkdir()  # the second of two outputs cannot be written: neither may be left
+    result = run_cli("generate", "a", "b", "--engine", str(tiny.export), "--output", str(tmp_path / "x.wav"), "--steps", "1")
+    _assert_one_line_error(result, 1, "x_1.wav")
+    assert [p.name for p in tmp_path.iterdir()] == ["x_1.wav"]
+
+
+def test_debug_shows_the_traceback(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    result = run_cli("generate", "a dog", "--engine", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.wav"), "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def _broken_copy(tiny: ModelUnderTest, tmp_path: Path) -> Path:
+    copy = tmp_path / "engine"
+    shutil.copytree(tiny.export, copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda d: shutil.rmtree(d), "does not exist"),
+        (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json is corrupt"),
+        (lambda d: (d / "unet.onnx").unlink(), "unet.onnx is missing"),
+        (lambda d: (d / "tokenizer" / "vocab.json").unlink(), "vocab.json is missing"),
+        (lambda d: (d / "vocoder.onnx").write_bytes((d / "vocoder.onnx").read_bytes()[:-10]), "vocoder.onnx has"),
+        (lambda d: _flip_a_byte(d / "vae_decoder.onnx"), "vae_decoder.onnx does not match its sha256"),
+    ],
+    ids=["no-directory", "no-manifest", "bad-manifest", "no-unet", "no-vocab", "truncated-vocoder", "corrupt-vae"],
+)
+def test_damaged_engine_directory_names_the_file(tiny: ModelUnderTest, tmp_path: Path, damage: Any, needle: str) -> None:
+    engine = _broken_copy(tiny, tmp_path)
+    damage(engine)
+    with pytest.raises(EngineDirectoryError, match=needle.replace(".", r"\.")):
+        Engine.load(engine, backend="onnxruntime-cpu")
+    result = run_cli("generate", "a dog", "--engine", str(engine), "--output", str(tmp_path / "x.wav"))
+    _assert_one_line_error(result, 1, needle)
+    assert not (tmp_path / "x.wav").exists()
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_missing_model_for_export(tmp_path: Path) -> None:
+    result = run_cli("export", "--model", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "out"))
+    _assert_one_line_error(result, 1, "no-such-model")
+    assert list(tmp_path.iterdir()) == []
+
+
+class _CountingGraph(Graph):
+    """Counts calls of a real graph, to show validation happens before any graph runs."""
+
+    calls = 0
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__(graph.name)
+        self._graph = graph
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _CountingGraph.calls += 1
+        return self._graph.run(feeds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"prompt": []}, "empty"),
+        ({"prompt": ["ok", 3]}, "prompt must be"),
+        ({"prompt": None}, "prompt must be"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["only one"]}, "negative_prompt has 1"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps"),
+        ({"num_inference_steps": 5000}, "5000"),
+        ({"num_waveforms_per_prompt": 0}, "num_waveforms_per_prompt"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"audio_length_in_s": 0.0}, "audio_length_in_s"),
+        ({"audio_length_in_s": -2}, "audio_length_in_s"),
+        ({"audio_length_in_s": float("inf")}, "audio_length_in_s"),
+        ({"eta": -0.5}, "eta"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"latents": np.zeros((1, 4, 3, 8), np.float32)}, "latents must have shape"),
+        ({"latents": np.zeros((2, 4, 50, 8), np.float32)}, "latents must have shape"),
+    ],
+)
+def test_python_errors_are_value_errors_before_any_graph_runs(tiny: ModelUnderTest, kwargs: dict[str, Any], needle: str) -> None:
+    engine = Engine.load(tiny.export, backend="onnxruntime-cpu", verify=False)
+    engine._graphs = {name: _CountingGraph(graph) for name, graph in engine._graphs.items()}
+    _CountingGraph.calls = 0
+    arguments = {"prompt": "a dog", "audio_length_in_s": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=needle):
+        engine.generate(**arguments)
+    assert _CountingGraph.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"backend": "gpu-please"}, "unknown backend"),
+        ({"scheduler": "NoSuchScheduler"}, "unknown scheduler"),
+        ({"scheduler_config": {"beta_shedule": "linear"}}, "beta_shedule"),
+        ({"scheduler_config": {"thresholding": True}}, "thresholding"),
+    ],
+)
+def test_bad_load_arguments(tiny: ModelUnderTest, kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        Engine.load(tiny.export, **kwargs)
+
+
+def test_manifest_records_what_the_runtime_needs(tiny: ModelUnderTest) -> None:
+    manifest = json.loads((tiny.export / "manifest.json").read_text())
+    model = manifest["model"]
+    assert model["sampling_rate"] == 16000 and model["vocoder_upsample_rates"] == [8, 4, 5]
+    assert model["vae_scale_factor"] == 2 and model["latent_channels"] == 4 and model["mel_bins"] == 16
+    assert model["embedding_dim"] == 16 and model["tokenizer_max_length"] == 512
+    assert manifest["scheduler"]["_class_name"] == "DDIMScheduler"
+    assert set(manifest["graphs"]) == {"text_encoder", "unet", "vae_decoder", "vocoder"}
+    assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"] == ["batch", 4, "height", 8]
+    assert {"unet.onnx", "tokenizer/vocab.json"} <= set(manifest["files"])
+    assert {"torch", "diffusers", "onnx"} <= set(manifest["versions"])

@@ -1,0 +1,66 @@
+"""The command line, run as users run it: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from conftest import AUDIO_TOLERANCE, ModelUnderTest, relative_difference
+
+CLI = str(Path(sys.executable).with_name("audioldm-trt"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_generate_writes_a_wav_of_the_requested_length(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    output = tmp_path / "dog.wav"
+    result = run_cli("generate", "a dog barking", "--engine", str(tiny.export), "--output", str(output), "--duration", "1.5", "--seed", "3", "--steps", "4")
+    assert result.returncode == 0, result.stderr
+    audio, rate = soundfile.read(output, dtype="float32")
+    assert rate == 16000 and audio.shape == (24000,)
+    assert "seed 3" in result.stdout and str(output) in result.stdout
+    expected = tiny.engine.generate("a dog barking", audio_length_in_s=1.5, seed=3, num_inference_steps=4)[0]
+    assert np.abs(audio - expected).max() < 1 / 2**14  # 16-bit PCM quantisation
+    assert relative_difference(audio, expected) < 1e-3 + AUDIO_TOLERANCE
+
+
+def test_several_waveforms_get_numbered_flac_files(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    output = tmp_path / "rain.flac"
+    result = run_cli(
+        "generate", "rain", "thunder", "--engine", str(tiny.export), "--output", str(output),
+        "--waveforms", "2", "--steps", "2", "--duration", "0.5", "--negative-prompt", "music", "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["rain_0.flac", "rain_1.flac", "rain_2.flac", "rain_3.flac"]
+    for name in written:
+        info = soundfile.info(str(tmp_path / name))
+        assert info.format == "FLAC" and info.samplerate == 16000 and info.frames == 8000
+
+
+def test_seed_is_printed_when_drawn(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    result = run_cli("generate", "a bell", "--engine", str(tiny.export), "--output", str(tmp_path / "a.wav"), "--steps", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    seed = int(result.stdout.split("seed ")[1].split()[0])
+    again = run_cli("generate", "a bell", "--engine", str(tiny.export), "--output", str(tmp_path / "b.wav"), "--steps", "1", "--seed", str(seed), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(soundfile.read(tmp_path / "a.wav")[0], soundfile.read(tmp_path / "b.wav")[0])
+
+
+def test_export_and_random_model_commands(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    result = run_cli("random-model", "--preset", "tiny", "--output", str(model))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (model / "tokenizer").iterdir()) == [
+        "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"
+    ]
+    result = run_cli("export", "--model", str(model), "--output", str(tmp_path / "engine"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "engine" / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
