@@ -93,7 +93,11 @@ class Engine:
         engine = cls(directory, manifest, runtime, graphs, tokenizer, scheduler_type, resolved)
         logger.info(
             "loaded %s (%s graphs from %s) on %s with %s",
-            directory, manifest.precision, manifest.source, runtime.describe(), scheduler_type.name,
+            directory,
+            manifest.precision,
+            manifest.source,
+            runtime.describe(),
+            scheduler_type.name,
         )
         return engine
 
@@ -160,7 +164,11 @@ class Engine:
         eta = _finite(eta, "eta")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        length = model.default_audio_length_in_s if audio_length_in_s is None else _finite(audio_length_in_s, "audio_length_in_s")
+        length = (
+            model.default_audio_length_in_s
+            if audio_length_in_s is None
+            else _finite(audio_length_in_s, "audio_length_in_s")
+        )
         if length < model.min_audio_length_in_s:
             raise ValueError(
                 f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
@@ -172,7 +180,7 @@ class Engine:
             if latents.shape != shape:
                 raise ValueError(f"latents must have shape {shape} for these arguments, got {latents.shape}")
         guided = guidance > 1.0
-        self.backend.check_workload(batch * (2 if guided else 1), shape[2])
+        self.backend.check_workload(batch, shape[2])
         scheduler = self._scheduler(self._scheduler_config)
         scheduler.set_timesteps(steps)
         seed = fresh_seed() if seed is None else seed
@@ -234,7 +242,9 @@ class Engine:
             if texts
         ]
         width = max(ids.shape[1] for ids, _ in sides)
-        ids = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=self._tokenizer.pad_id) for i, _ in sides])
+        ids = np.concatenate(
+            [np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=self._tokenizer.pad_id) for i, _ in sides]
+        )
         mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in sides])
         embeddings = self._run("text_encoder", input_ids=ids, attention_mask=mask)
         return embeddings[: len(prompts)], embeddings[len(prompts) :]
@@ -289,4 +299,5 @@ def _progress_bar(total: int, enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="denoising", unit="step", leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, servers).
+    return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=None)

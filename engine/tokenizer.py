@@ -54,7 +54,10 @@ class PromptTokenizer:
         ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json`` / ``special_tokens_map.json``."""
         directory = Path(directory)
         config = _read_json(directory / "tokenizer_config.json")
-        special = {**_read_json(directory / "special_tokens_map.json"), **{k: config[k] for k in _SPECIAL_KEYS if k in config}}
+        special = {
+            **_read_json(directory / "special_tokens_map.json"),
+            **{k: config[k] for k in _SPECIAL_KEYS if k in config},
+        }
         max_length = int(config.get("model_max_length", 512))
         if max_length > 100_000:  # transformers' "no limit" sentinel: the text encoder's positions decide
             max_length = 512
@@ -74,12 +77,15 @@ class PromptTokenizer:
         limit = min(self.max_length, max_length or self.max_length)
         tokenizer = self._truncating(limit)
         encodings = tokenizer.encode_batch(prompts)
-        for prompt, encoding in zip(prompts, encodings):
+        for prompt, encoding in zip(prompts, encodings, strict=True):
             if encoding.overflowing:
                 cut = tokenizer.decode(encoding.overflowing[0].ids)
                 logger.warning(
-                    "prompt %r... truncated to %d tokens, as the text encoder takes no more; dropped %d characters: %r...",
-                    prompt[:40], limit, len(cut), cut[:40],
+                    "prompt %r... truncated to %d tokens; dropped %d characters: %r...",
+                    prompt[:40],
+                    limit,
+                    len(cut),
+                    cut[:40],
                 )
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -96,9 +102,9 @@ def _content(token: str | dict[str, Any]) -> str:
 
 def _added_token(token: str | dict[str, Any], lstrip: bool = False) -> AddedToken:
     """A special token with the strip flags the checkpoint declares (RoBERTa's ``<mask>`` strips left)."""
-    spec = token if isinstance(token, dict) else {"content": token, "lstrip": lstrip}
+    spec: dict[str, Any] = token if isinstance(token, dict) else {"content": token, "lstrip": lstrip}
     return AddedToken(
-        spec["content"],
+        str(spec["content"]),
         single_word=spec.get("single_word", False),
         lstrip=spec.get("lstrip", False),
         rstrip=spec.get("rstrip", False),
@@ -126,10 +132,11 @@ def _byte_level_bpe(directory: Path, config: dict[str, Any], special: dict[str, 
     else:
         defaults = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
         order = ("bos_token", "pad_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token")
+        declared_special = {key: special.get(key, defaults.get(key)) for key in order}
         tokens = [
-            _added_token(special.get(key, defaults.get(key)), lstrip=key == "mask_token")
-            for key in order
-            if special.get(key, defaults.get(key)) is not None
+            _added_token(token, lstrip=key == "mask_token")
+            for key, token in declared_special.items()
+            if token is not None
         ]
     tokenizer.add_special_tokens(tokens)
     sep, cls = _content(special.get("sep_token", "</s>")), _content(special.get("cls_token", "<s>"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from ..engine.errors import EngineError
 from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
 from ..engine.tokenizer import TOKENIZER_FILES
+from .files import atomic_directory
 from .onnx import GraphIO, export_text_encoder, export_unet, export_vae_decoder, export_vocoder
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ def load_pipeline(source: str) -> tuple[AudioLDMPipeline, Path]:
 
             directory = Path(snapshot_download(source))
         except Exception as error:  # the hub client raises many types: offline, unknown repo, auth
-            raise SourceError(f"cannot find model {source!r}: not a local directory, and the hub says: {error}") from None
+            raise SourceError(
+                f"cannot find model {source!r}: not a local directory, and the hub says: {error}"
+            ) from None
     try:
         pipe = AudioLDMPipeline.from_pretrained(directory)
     except Exception as error:
@@ -87,12 +89,11 @@ def export_model(
     pipe, source_dir = load_pipeline(source)
     spec = model_spec(pipe)
     if spec.mel_bins % spec.vae_scale_factor:
-        raise SourceError(f"{source}: {spec.mel_bins} mel bins are not divisible by the VAE factor {spec.vae_scale_factor}")
+        raise SourceError(
+            f"{source}: {spec.mel_bins} mel bins are not divisible by the VAE factor {spec.vae_scale_factor}"
+        )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary directory
-    try:
+    with atomic_directory(output, force) as work:
         exports: dict[str, Callable[[Path], GraphIO]] = {
             "text_encoder": lambda p: export_text_encoder(pipe.text_encoder, p),
             "unet": lambda p: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim),
@@ -129,10 +130,6 @@ def export_model(
             versions=_versions(),
         )
         manifest.save(work)
-        _replace(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     logger.info("exported %s to %s", source, output)
     return output
 
@@ -144,17 +141,6 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
     target.mkdir()
     for name in present:
         shutil.copyfile(source / name, target / name)
-
-
-def _replace(work: Path, output: Path) -> None:
-    """Move the finished export into place; an existing one is swapped out only after that succeeds."""
-    if not output.exists():
-        os.replace(work, output)
-        return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    os.replace(output, old)
-    os.replace(work, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:

@@ -218,7 +218,7 @@ def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: a.numpy() for n, a in zip(io.inputs, args)}
+    feeds = {n: a.numpy() for n, a in zip(io.inputs, args, strict=True)}
     if "timestep" in feeds:
         feeds["timestep"] = feeds["timestep"].astype(np.float32)
     (actual,) = session.run(None, feeds)

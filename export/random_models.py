@@ -34,6 +34,8 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
+from .files import atomic_directory
+
 # The scheduler diffusers' AudioLDM conversion script writes for every public checkpoint.
 AUDIOLDM_SCHEDULER: dict[str, Any] = {
     "beta_start": 0.0015,
@@ -198,16 +200,126 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # A deterministic corpus for the tokenizer: words of the kind AudioLDM prompts use.
-_CORPUS_WORDS = (
-    "a the of and with in on at by from to for while as an is are was loud soft quiet distant close "
-    "dog dogs barking bark cat meowing bird birds chirping singing rain raining thunder storm wind "
-    "blowing ocean waves crashing water running stream river car engine revving horn siren train "
-    "passing footsteps walking running door closing knocking glass breaking piano guitar drums violin "
-    "music techno jazz rock classical upbeat tempo melodic riffs strong high low bass beat ambient "
-    "crowd cheering applause people talking man woman child speaking laughing crying baby bell ringing "
-    "clock ticking fire crackling keyboard typing phone vibrating helicopter airplane flying motorcycle "
-    "background noise sound effect recording studio quality hifi synthesizer orchestra choir whistle"
-).split()
+_CORPUS_WORDS = [
+    "a",
+    "the",
+    "of",
+    "and",
+    "with",
+    "in",
+    "on",
+    "at",
+    "by",
+    "from",
+    "to",
+    "for",
+    "while",
+    "as",
+    "an",
+    "is",
+    "are",
+    "was",
+    "loud",
+    "soft",
+    "quiet",
+    "distant",
+    "close",
+    "dog",
+    "dogs",
+    "barking",
+    "bark",
+    "cat",
+    "meowing",
+    "bird",
+    "birds",
+    "chirping",
+    "singing",
+    "rain",
+    "raining",
+    "thunder",
+    "storm",
+    "wind",
+    "blowing",
+    "ocean",
+    "waves",
+    "crashing",
+    "water",
+    "running",
+    "stream",
+    "river",
+    "car",
+    "engine",
+    "revving",
+    "horn",
+    "siren",
+    "train",
+    "passing",
+    "footsteps",
+    "walking",
+    "running",
+    "door",
+    "closing",
+    "knocking",
+    "glass",
+    "breaking",
+    "piano",
+    "guitar",
+    "drums",
+    "violin",
+    "music",
+    "techno",
+    "jazz",
+    "rock",
+    "classical",
+    "upbeat",
+    "tempo",
+    "melodic",
+    "riffs",
+    "strong",
+    "high",
+    "low",
+    "bass",
+    "beat",
+    "ambient",
+    "crowd",
+    "cheering",
+    "applause",
+    "people",
+    "talking",
+    "man",
+    "woman",
+    "child",
+    "speaking",
+    "laughing",
+    "crying",
+    "baby",
+    "bell",
+    "ringing",
+    "clock",
+    "ticking",
+    "fire",
+    "crackling",
+    "keyboard",
+    "typing",
+    "phone",
+    "vibrating",
+    "helicopter",
+    "airplane",
+    "flying",
+    "motorcycle",
+    "background",
+    "noise",
+    "sound",
+    "effect",
+    "recording",
+    "studio",
+    "quality",
+    "hifi",
+    "synthesizer",
+    "orchestra",
+    "choir",
+    "whistle",
+]
 
 
 def _corpus() -> list[str]:
@@ -250,8 +362,17 @@ def write_tokenizer(directory: Path, vocab_size: int) -> None:
         "unk_token": "<unk>",
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    special = {k: config[k] for k in ("bos_token", "cls_token", "eos_token", "mask_token", "pad_token", "sep_token", "unk_token")}
-    special["mask_token"] = {"content": "<mask>", "lstrip": True, "normalized": False, "rstrip": False, "single_word": False}
+    special = {
+        k: config[k]
+        for k in ("bos_token", "cls_token", "eos_token", "mask_token", "pad_token", "sep_token", "unk_token")
+    }
+    special["mask_token"] = {
+        "content": "<mask>",
+        "lstrip": True,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
@@ -307,23 +428,13 @@ def build_random_pipeline(preset: str, seed: int = 0) -> AudioLDMPipeline:
     return pipe
 
 
-def write_random_model(preset: str, output: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a diffusers-format AudioLDM directory with random weights; atomic: all of it or nothing."""
+def write_random_model(preset: str, output: str | os.PathLike[str], seed: int = 0, force: bool = False) -> Path:
+    """Write a diffusers-format AudioLDM directory with random weights, all of it or nothing."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output} already exists")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model is an ordinary directory
-    try:
-        pipe = build_random_pipeline(preset, seed)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "tokenizer")
-        write_tokenizer(tmp / "tokenizer", PRESETS[preset]["tokenizer_vocab_size"])
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_directory(output, force) as work:
+        build_random_pipeline(preset, seed).save_pretrained(work, safe_serialization=True)
+        shutil.rmtree(work / "tokenizer")
+        write_tokenizer(work / "tokenizer", PRESETS[preset]["tokenizer_vocab_size"])
     return output

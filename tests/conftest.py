@@ -107,6 +107,22 @@ def tiny(models: dict[str, ModelUnderTest]) -> ModelUnderTest:
     return models["tiny"]
 
 
+#: Graphs each preset's fp16 export keeps fp32: none for tiny; tiny-deep exercises ``--fp32 vocoder``.
+FP32_GRAPHS = {"tiny": (), "tiny-deep": ("vocoder",)}
+
+
+@pytest.fixture(scope="session")
+def fp16_exports(models: dict[str, ModelUnderTest], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``--precision fp16`` exports of the test presets."""
+    from audioldm_trt.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("fp16")
+    return {
+        name: export_model(str(m.checkpoint), root / name, precision="fp16", fp32_graphs=FP32_GRAPHS[name])
+        for name, m in models.items()
+    }
+
+
 def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
     return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())

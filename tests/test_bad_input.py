@@ -13,6 +13,7 @@ import pytest
 
 from audioldm_trt.engine import Engine, EngineDirectoryError
 from audioldm_trt.engine.backends import Graph
+
 from conftest import ModelUnderTest
 from test_cli import run_cli
 
@@ -38,7 +39,7 @@ def _assert_one_line_error(result: Any, status: int, *needles: str) -> None:
         (["--guidance", "nan"], "--guidance"),
         (["--guidance", "inf"], "--guidance"),
         (["--waveforms", "0"], "--waveforms"),
-        (["--seed", "-1"], "--seed"),
+        (["--seed", "-9223372036854775809"], "--seed"),
         (["--scheduler", "NoSuchScheduler"], "--scheduler"),
         (["--backend", "cuda9"], "--backend"),
     ],
@@ -55,13 +56,17 @@ def test_bad_output_paths(tiny: ModelUnderTest, tmp_path: Path) -> None:
     result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", str(tmp_path / "missing" / "x.wav"))
     _assert_one_line_error(result, 2, "does not exist")
     (tmp_path / "x_1.wav").mkdir()  # the second of two outputs cannot be written: neither may be left
-    result = run_cli("generate", "a", "b", "--engine", str(tiny.export), "--output", str(tmp_path / "x.wav"), "--steps", "1")
+    result = run_cli(
+        "generate", "a", "b", "--engine", str(tiny.export), "--output", str(tmp_path / "x.wav"), "--steps", "1"
+    )
     _assert_one_line_error(result, 1, "x_1.wav")
     assert [p.name for p in tmp_path.iterdir()] == ["x_1.wav"]
 
 
 def test_debug_shows_the_traceback(tiny: ModelUnderTest, tmp_path: Path) -> None:
-    result = run_cli("generate", "a dog", "--engine", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.wav"), "--debug")
+    result = run_cli(
+        "generate", "a dog", "--engine", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.wav"), "--debug"
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
@@ -84,7 +89,9 @@ def _broken_copy(tiny: ModelUnderTest, tmp_path: Path) -> Path:
     ],
     ids=["no-directory", "no-manifest", "bad-manifest", "no-unet", "no-vocab", "truncated-vocoder", "corrupt-vae"],
 )
-def test_damaged_engine_directory_names_the_file(tiny: ModelUnderTest, tmp_path: Path, damage: Any, needle: str) -> None:
+def test_damaged_engine_directory_names_the_file(
+    tiny: ModelUnderTest, tmp_path: Path, damage: Any, needle: str
+) -> None:
     engine = _broken_copy(tiny, tmp_path)
     damage(engine)
     with pytest.raises(EngineDirectoryError, match=needle.replace(".", r"\.")):
@@ -136,13 +143,16 @@ class _CountingGraph(Graph):
         ({"audio_length_in_s": -2}, "audio_length_in_s"),
         ({"audio_length_in_s": float("inf")}, "audio_length_in_s"),
         ({"eta": -0.5}, "eta"),
-        ({"seed": -1}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 1.5}, "seed"),
         ({"seed": 2**64}, "seed"),
         ({"latents": np.zeros((1, 4, 3, 8), np.float32)}, "latents must have shape"),
         ({"latents": np.zeros((2, 4, 50, 8), np.float32)}, "latents must have shape"),
     ],
 )
-def test_python_errors_are_value_errors_before_any_graph_runs(tiny: ModelUnderTest, kwargs: dict[str, Any], needle: str) -> None:
+def test_python_errors_are_value_errors_before_any_graph_runs(
+    tiny: ModelUnderTest, kwargs: dict[str, Any], needle: str
+) -> None:
     engine = Engine.load(tiny.export, backend="onnxruntime-cpu", verify=False)
     engine._graphs = {name: _CountingGraph(graph) for name, graph in engine._graphs.items()}
     _CountingGraph.calls = 0

@@ -20,7 +20,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_generate_writes_a_wav_of_the_requested_length(tiny: ModelUnderTest, tmp_path: Path) -> None:
     output = tmp_path / "dog.wav"
-    result = run_cli("generate", "a dog barking", "--engine", str(tiny.export), "--output", str(output), "--duration", "1.5", "--seed", "3", "--steps", "4")
+    result = run_cli(
+        "generate",
+        "a dog barking",
+        "--engine",
+        str(tiny.export),
+        "--output",
+        str(output),
+        "--duration",
+        "1.5",
+        "--seed",
+        "3",
+        "--steps",
+        "4",
+    )
     assert result.returncode == 0, result.stderr
     audio, rate = soundfile.read(output, dtype="float32")
     assert rate == 16000 and audio.shape == (24000,)
@@ -33,8 +46,22 @@ def test_generate_writes_a_wav_of_the_requested_length(tiny: ModelUnderTest, tmp
 def test_several_waveforms_get_numbered_flac_files(tiny: ModelUnderTest, tmp_path: Path) -> None:
     output = tmp_path / "rain.flac"
     result = run_cli(
-        "generate", "rain", "thunder", "--engine", str(tiny.export), "--output", str(output),
-        "--waveforms", "2", "--steps", "2", "--duration", "0.5", "--negative-prompt", "music", "--quiet",
+        "generate",
+        "rain",
+        "thunder",
+        "--engine",
+        str(tiny.export),
+        "--output",
+        str(output),
+        "--waveforms",
+        "2",
+        "--steps",
+        "2",
+        "--duration",
+        "0.5",
+        "--negative-prompt",
+        "music",
+        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in tmp_path.iterdir())
@@ -45,10 +72,32 @@ def test_several_waveforms_get_numbered_flac_files(tiny: ModelUnderTest, tmp_pat
 
 
 def test_seed_is_printed_when_drawn(tiny: ModelUnderTest, tmp_path: Path) -> None:
-    result = run_cli("generate", "a bell", "--engine", str(tiny.export), "--output", str(tmp_path / "a.wav"), "--steps", "1", "--quiet")
+    result = run_cli(
+        "generate",
+        "a bell",
+        "--engine",
+        str(tiny.export),
+        "--output",
+        str(tmp_path / "a.wav"),
+        "--steps",
+        "1",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     seed = int(result.stdout.split("seed ")[1].split()[0])
-    again = run_cli("generate", "a bell", "--engine", str(tiny.export), "--output", str(tmp_path / "b.wav"), "--steps", "1", "--seed", str(seed), "--quiet")
+    again = run_cli(
+        "generate",
+        "a bell",
+        "--engine",
+        str(tiny.export),
+        "--output",
+        str(tmp_path / "b.wav"),
+        "--steps",
+        "1",
+        "--seed",
+        str(seed),
+        "--quiet",
+    )
     assert again.returncode == 0, again.stderr
     assert np.array_equal(soundfile.read(tmp_path / "a.wav")[0], soundfile.read(tmp_path / "b.wav")[0])
 
@@ -58,7 +107,10 @@ def test_export_and_random_model_commands(tmp_path: Path) -> None:
     result = run_cli("random-model", "--preset", "tiny", "--output", str(model))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (model / "tokenizer").iterdir()) == [
-        "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.json",
     ]
     result = run_cli("export", "--model", str(model), "--output", str(tmp_path / "engine"))
     assert result.returncode == 0, result.stderr

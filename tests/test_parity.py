@@ -44,7 +44,15 @@ def test_batch_with_negative_prompts_and_two_waveforms_each(model: ModelUnderTes
         {"prompt": "birds", "negative_prompt": " ".join(["noisy muffled distorted quiet"] * 20)},
         {"prompt": " ".join(["a loud dog barking in the rain"] * 90)},  # over 512 tokens: truncated
     ],
-    ids=["no-guidance", "guidance-below-1", "guidance-4", "default-length", "three-prompts", "long-negative", "long-prompt"],
+    ids=[
+        "no-guidance",
+        "guidance-below-1",
+        "guidance-4",
+        "default-length",
+        "three-prompts",
+        "long-negative",
+        "long-prompt",
+    ],
 )
 def test_arguments_match_diffusers(model: ModelUnderTest, kwargs: dict[str, Any]) -> None:
     kwargs.setdefault("audio_length_in_s", model.odd_audio_length())
@@ -68,9 +76,15 @@ def test_random_models_are_sensitive(model: ModelUnderTest) -> None:
     base = model.engine.generate("a dog barking", audio_length_in_s=length, latents=latents)
     changes = {
         "prompt": model.engine.generate("rain on a window", audio_length_in_s=length, latents=latents),
-        "guidance": model.engine.generate("a dog barking", audio_length_in_s=length, latents=latents, guidance_scale=1.0),
-        "negative prompt": model.engine.generate("a dog barking", audio_length_in_s=length, latents=latents, negative_prompt="music"),
-        "latents": model.engine.generate("a dog barking", audio_length_in_s=length, latents=model.latents(1, length, seed=9)),
+        "guidance": model.engine.generate(
+            "a dog barking", audio_length_in_s=length, latents=latents, guidance_scale=1.0
+        ),
+        "negative prompt": model.engine.generate(
+            "a dog barking", audio_length_in_s=length, latents=latents, negative_prompt="music"
+        ),
+        "latents": model.engine.generate(
+            "a dog barking", audio_length_in_s=length, latents=model.latents(1, length, seed=9)
+        ),
     }
     for what, audio in changes.items():
         assert relative_difference(audio, base) > 50 * AUDIO_TOLERANCE, f"changing the {what} barely changes the audio"

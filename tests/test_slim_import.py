@@ -22,6 +22,9 @@ def test_engine_imports_no_heavy_library() -> None:
 def test_no_top_level_engine_or_export_module_is_installed() -> None:
     result = subprocess.run(
         [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('engine'), u.find_spec('export'))"],
-        capture_output=True, text=True, check=True, cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     )
     assert result.stdout.strip() == "None None"

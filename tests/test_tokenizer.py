@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from audioldm_trt.engine.tokenizer import PromptTokenizer
+
 from conftest import ModelUnderTest
 
 TEXTS = [
@@ -75,6 +76,6 @@ def test_tokenizer_json_layout_gives_the_same_ids(tiny: ModelUnderTest, referenc
 def test_missing_vocabulary_is_a_clear_error(tiny: ModelUnderTest, tmp_path: Path) -> None:
     shutil.copytree(tiny.export / "tokenizer", tmp_path / "tok")
     (tmp_path / "tok" / "merges.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="merges.txt"):
+    with pytest.raises(FileNotFoundError, match=r"merges\.txt"):
         PromptTokenizer.from_directory(tmp_path / "tok")
     assert json.loads((tiny.export / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 512

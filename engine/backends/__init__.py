@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import BackendUnavailableError
+from ..errors import EngineError
 from ..manifest import Manifest
 from .base import Backend, Graph
 from .onnxruntime import CPU, CUDA, OnnxRuntimeBackend, available_providers
+from .tensorrt import ENGINE_DIRECTORY, TensorRTBackend, inspect_engines
 
 logger = logging.getLogger(__name__)
 
@@ -17,11 +18,16 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-
 
 
 def create_backend(name: str, directory: Path, manifest: Manifest) -> Backend:
-    """The backend called ``name``; ``auto`` picks TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU."""
+    """The backend called ``name``; ``auto`` is ``choose_backend``'s pick, logged with its reason."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name, reason = choose_backend(directory, manifest)
+        # Engines that were built but cannot run here deserve a warning: the user expects TensorRT.
+        level = logging.WARNING if name != "tensorrt" and (directory / ENGINE_DIRECTORY).is_dir() else logging.INFO
+        logger.log(level, "backend auto: %s (%s)", name, reason)
     if name == "tensorrt":
-        raise BackendUnavailableError("the TensorRT backend is not available in this build")
+        return TensorRTBackend(directory, manifest)
     if name == "onnxruntime-cpu":
         return OnnxRuntimeBackend([CPU])
     if name == "onnxruntime-cuda":
@@ -29,4 +35,25 @@ def create_backend(name: str, directory: Path, manifest: Manifest) -> Backend:
     return OnnxRuntimeBackend([CUDA, CPU] if CUDA in available_providers() else [CPU])
 
 
-__all__ = ["BACKENDS", "Backend", "Graph", "create_backend"]
+def choose_backend(directory: Path, manifest: Manifest) -> tuple[str, str]:
+    """TensorRT where its engines can run here, else ONNX Runtime's CUDA provider, else its CPU provider; with
+    the reason, which names what ruled out the faster ones."""
+    tensorrt = tensorrt_unusable(directory, manifest)
+    if tensorrt is None:
+        return "tensorrt", f"the engines in {directory / ENGINE_DIRECTORY} match this GPU and TensorRT"
+    if CUDA in available_providers():
+        return "onnxruntime-cuda", f"not TensorRT: {tensorrt}"
+    return "onnxruntime-cpu", f"not TensorRT: {tensorrt}; not ONNX Runtime CUDA: it has no {CUDA} here"
+
+
+def tensorrt_unusable(directory: Path, manifest: Manifest) -> str | None:
+    """Why the TensorRT engines of ``directory`` cannot run here (TensorRT, GPU or engines missing, engines
+    built for something else), or None when they can."""
+    try:
+        inspect_engines(directory, manifest)
+    except EngineError as error:
+        return str(error)
+    return None
+
+
+__all__ = ["BACKENDS", "Backend", "Graph", "choose_backend", "create_backend"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
@@ -98,4 +97,4 @@ class DDIMScheduler(Scheduler):
             if generator is None:
                 raise ValueError("DDIMScheduler with eta > 0 needs a generator for its noise")
             prev_sample = prev_sample + std_dev_t * generator.randn(model_output.shape)
-        return prev_sample.astype(np.float32, copy=False)
+        return np.asarray(prev_sample, dtype=np.float32)

@@ -1,0 +1,355 @@
+"""``audioldm-trt bench``: this runtime against diffusers' AudioLDMPipeline, side by side, on the same work.
+
+A figure counts only when it is measured beside what a user would otherwise run, in the same run on the same
+machine and the same work, with the outputs checked to match. So each contender (diffusers, and the engine on
+each backend) runs in a worker process of its own (``workers.py``); the parent draws the initial latents once
+and hands every worker the same prompts, latents, steps, guidance and length; each worker loads and warms up
+in turn, then the timed runs are interleaved (run i of every contender before run i + 1 of any), so that a
+drift of the machine (another process, the clock, the temperature) falls on every contender alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import export as export_package
+from ..engine import manifest as manifest_module
+from ..engine.errors import BackendUnavailableError
+from ..engine.manifest import Manifest
+from ..export.exporter import export_model
+from ..export.onnx import relative_max_difference
+from ..export.random_models import PRESETS, write_random_model
+from . import machine, report
+from .workers import ContenderSpec, Loaded, Sample, Work, serve
+
+logger = logging.getLogger(__name__)
+
+#: The device each engine backend runs on; diffusers runs on each device in use, as the reference there.
+DEVICES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "cuda"}
+#: The precision the bench exports for a device: fp32 on CPU, fp16 on a GPU (diffusers runs the same).
+EXPORT_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
+#: Batch n uses the first n prompts (cycled beyond four).
+PROMPTS = (
+    "Techno music with a strong, upbeat tempo and high melodic riffs",
+    "A dog barking in the distance while rain falls on a tin roof",
+    "A hammer is hitting a wooden surface",
+    "Birds singing in a forest at dawn, with a stream nearby",
+)
+#: Seed of the initial latents; every contender gets the same array.
+LATENT_SEED = 0
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audioldm-trt" / "bench"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The work and the contenders. Without ``model`` and ``engine`` the random-weight ``preset`` is written
+    and exported into ``cache``; with ``engine`` that export is used, and diffusers loads ``model`` or else
+    the checkpoint the export was made from."""
+
+    model: str | None = None
+    preset: str = "s-full-v2"
+    engine: Path | None = None
+    duration: float = 5.0
+    steps: int = 10
+    guidance: float = 2.5
+    batch: int = 1
+    runs: int = 5
+    warmup: int = 1
+    #: Engine backends to compare; None: those of this machine (GPU backends on a GPU host, else CPU).
+    backends: tuple[str, ...] | None = None
+    #: Also run diffusers with a torch.compile'd UNet.
+    compile: bool = False
+    #: Where checkpoints and exports are kept between runs; None: ``default_cache()``.
+    cache: Path | None = None
+
+
+class BenchmarkError(RuntimeError):
+    """A contender failed or no backend could run."""
+
+
+def run_benchmark(settings: Settings) -> dict[str, Any]:
+    """Run the benchmark and return its record (see ``build_record``)."""
+    if settings.model is None and settings.engine is None and settings.preset not in PRESETS:
+        raise ValueError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
+    backends = settings.backends or default_backends()
+    settings = replace(settings, backends=backends)
+    devices = sorted({DEVICES[b] for b in backends})
+    checkpoint, engines = prepare_models(settings, devices)
+    work = make_work(settings, Manifest.load(engines[devices[0]]))
+
+    contenders: list[Contender] = []
+    notes: list[str] = []
+    try:
+        for backend in backends:
+            engine = engines[DEVICES[backend]]
+            if backend == "tensorrt" and settings.engine is None and not build_tensorrt_engines(engine, work, notes):
+                continue
+            spec = ContenderSpec("engine", DEVICES[backend], str(engine), backend=backend)
+            if (started := Contender.start(spec, work, settings.warmup, notes)) is not None:
+                contenders.append(started)
+        if not contenders:
+            raise BenchmarkError(f"no backend could run here: {'; '.join(notes)}")
+        for device in sorted({c.spec.device for c in contenders}):
+            for compiled in (False, True) if settings.compile else (False,):
+                spec = ContenderSpec("diffusers", device, checkpoint, compile=compiled)
+                if (started := Contender.start(spec, work, settings.warmup, notes)) is not None:
+                    contenders.append(started)
+        # The table's order: per device, diffusers first (eager, then compiled), then the engine backends.
+        contenders.sort(key=lambda c: (c.spec.device, c.spec.kind == "engine"))
+        for run in range(settings.runs):
+            for contender in contenders:
+                contender.samples.append(contender.run(work))
+            totals = ", ".join(f"{c.spec.name} {c.samples[-1].timings['total']:.2f} s" for c in contenders)
+            logger.info("run %d/%d: %s", run + 1, settings.runs, totals)
+        for contender in contenders:
+            contender.finish()
+    finally:
+        for contender in contenders:
+            contender.close()
+    return build_record(settings, checkpoint, engines, work, contenders, notes)
+
+
+def default_backends() -> tuple[str, ...]:
+    """The GPU backends on a GPU host (skipped with a note where their libraries are missing), else ONNX
+    Runtime CPU: the GPU protocol compares fp16 on the GPU, not the CPU path of a GPU host."""
+    return ("onnxruntime-cuda", "tensorrt") if machine.gpu_query("name") else ("onnxruntime-cpu",)
+
+
+def prepare_models(settings: Settings, devices: list[str]) -> tuple[str, dict[str, Path]]:
+    """The checkpoint diffusers loads and the engine directory for each device, exporting into the cache
+    what is not there yet."""
+    if settings.engine is not None:
+        checkpoint = settings.model or Manifest.load(settings.engine).source
+        return checkpoint, dict.fromkeys(devices, settings.engine)
+    cache = settings.cache or default_cache()
+    if settings.model is None:
+        directory = cache / "checkpoints" / settings.preset
+        _cached(directory, partial(write_random_model, settings.preset, directory, force=True))
+        checkpoint, key = str(directory), settings.preset
+    else:
+        checkpoint, key = settings.model, re.sub(r"[^A-Za-z0-9._-]+", "_", settings.model)
+    engines = {}
+    for device in devices:
+        precision = EXPORT_PRECISION[device]
+        engine = cache / "exports" / f"{key}-{precision}"
+        _cached(engine, partial(export_model, checkpoint, engine, precision=precision, force=True))
+        engines[device] = engine
+    return checkpoint, engines
+
+
+def _cached(directory: Path, make: Callable[[], Path]) -> None:
+    """Make ``directory`` unless the cache holds one made by the same exporter code: a stamp beside it keeps
+    the digest of the sources of ``audioldm_trt.export`` and the manifest, so an edit there makes it anew."""
+    sources = sorted(Path(export_package.__file__).parent.glob("*.py"))
+    digest = hashlib.sha256()
+    for source in [*sources, Path(manifest_module.__file__)]:
+        digest.update(source.read_bytes())
+    stamp = directory.with_name(f"{directory.name}.digest")
+    if directory.is_dir() and stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        logger.info("reusing %s", directory)
+        return
+    logger.info("making %s (a few minutes for the full-size model)", directory)
+    make()
+    report.write_atomically(stamp, digest.hexdigest().encode())
+
+
+def build_tensorrt_engines(engine: Path, work: Work, notes: list[str]) -> bool:
+    """TensorRT runs engines built for declared shapes: build them into the bench's export for exactly the
+    benchmarked batch and duration, as for a fixed workload (a rerun keeps engines that are up to date).
+    False, with a note, where they cannot be built here (no TensorRT, no GPU)."""
+    from ..engine.backends.profiles import Range
+    from ..export.tensorrt import build_engines
+
+    batch, duration = len(work.prompts), work.audio_length_in_s
+    logger.info("building TensorRT engines in %s for batch %d, %g s (minutes the first time)", engine, batch, duration)
+    try:
+        build_engines(
+            engine,
+            batch=Range(batch, batch, batch),
+            duration=Range(duration, duration, duration),
+            progress=logger.isEnabledFor(logging.INFO),
+        )
+    except BackendUnavailableError as error:
+        notes.append(f"audioldm-trt tensorrt skipped: {error}")
+        logger.warning("%s", notes[-1])
+        return False
+    return True
+
+
+def make_work(settings: Settings, manifest: Manifest) -> Work:
+    model = manifest.model
+    if settings.duration < model.min_audio_length_in_s:
+        raise ValueError(f"--duration must be at least {model.min_audio_length_in_s} s for this model")
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(settings.batch)]
+    shape = (settings.batch, model.latent_channels, model.latent_height(settings.duration), model.latent_width)
+    latents = np.random.default_rng(LATENT_SEED).standard_normal(shape, dtype=np.float32)
+    return Work(prompts, latents, settings.duration, settings.steps, settings.guidance)
+
+
+@dataclass
+class Contender:
+    """The parent's end of one worker: its pipe, and what it has reported so far."""
+
+    spec: ContenderSpec
+    connection: Any
+    process: Any
+    loaded: Loaded | None = None
+    #: Device memory the worker holds after load and warm-up (MiB; None without a GPU).
+    gpu_memory_mib: float | None = None
+    warmup_totals: list[float] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    peak_rss_bytes: int = 0
+
+    @classmethod
+    def start(cls, spec: ContenderSpec, work: Work, warmup: int, notes: list[str]) -> Contender | None:
+        """Spawn the worker, wait for its load and its warm-up runs; None (and a note) if its backend cannot
+        run here. One at a time, so no load competes with another and the GPU memory each adds is its own."""
+        logger.info("starting %s", spec.name)
+        context = multiprocessing.get_context("spawn")
+        connection, child = context.Pipe()
+        gpu_before = machine.gpu_memory_used_mib()
+        process = context.Process(target=serve, args=(child, spec), name=spec.name, daemon=True)
+        process.start()
+        child.close()
+        contender = cls(spec, connection, process)
+        try:
+            kind, payload = contender._receive()
+            if kind == "unavailable":
+                notes.append(f"{spec.name} skipped: {payload}")
+                logger.warning("%s", notes[-1])
+                contender.close()
+                return None
+            contender.loaded = payload
+            clock = time.perf_counter()
+            contender.warmup_totals = [contender.run(work).timings["total"] for _ in range(warmup)]
+            gpu_after = machine.gpu_memory_used_mib()
+        except BaseException:
+            contender.close()
+            raise
+        if gpu_before is not None and gpu_after is not None:
+            contender.gpu_memory_mib = gpu_after - gpu_before
+        logger.info(
+            "%s: imports %.1f s, load %.1f s, %d warm-up run(s) %.1f s",
+            spec.name,
+            payload.import_s,
+            payload.load_s,
+            warmup,
+            time.perf_counter() - clock,
+        )
+        return contender
+
+    def run(self, work: Work) -> Sample:
+        self.connection.send(work)
+        return self._receive()[1]  # type: ignore[no-any-return]
+
+    def finish(self) -> None:
+        """Stop the worker and keep its peak RSS."""
+        self.connection.send(None)
+        self.peak_rss_bytes = self._receive()[1]
+        self.process.join(timeout=60)
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+        self.connection.close()
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            kind, payload = self.connection.recv()
+        except EOFError:
+            self.process.join(timeout=10)
+            raise BenchmarkError(f"{self.spec.name}: the worker died (exit code {self.process.exitcode})") from None
+        if kind == "error":
+            raise BenchmarkError(f"{self.spec.name}: {payload}")
+        return kind, payload
+
+
+def build_record(
+    settings: Settings,
+    checkpoint: str,
+    engines: dict[str, Path],
+    work: Work,
+    contenders: list[Contender],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Everything measured, with the machine, versions and settings: the JSON the report is made from."""
+    audio_seconds = settings.duration * settings.batch
+    references = {c.spec.device: c for c in contenders if c.spec.kind == "diffusers" and not c.spec.compile}
+    rows = []
+    for contender in contenders:
+        reference = references[contender.spec.device]
+        compared = contender is not reference
+        stages = report.stage_statistics(contender.samples)
+        pairs = zip(reference.samples, contender.samples, strict=True)
+        ratios = [theirs.timings["total"] / ours.timings["total"] for theirs, ours in pairs]
+        audio, expected = contender.samples[0].audio, reference.samples[0].audio
+        assert contender.loaded is not None and audio is not None and expected is not None
+        rows.append(
+            {
+                "name": contender.spec.name,
+                "kind": contender.spec.kind,
+                "device": contender.spec.device,
+                "backend": contender.spec.backend,
+                "compile": contender.spec.compile,
+                "precision": contender.loaded.precision,
+                "source": contender.spec.source,
+                "compared_with": reference.spec.name if compared else None,
+                "import_s": contender.loaded.import_s,
+                "load_s": contender.loaded.load_s,
+                "peak_rss_mib": contender.peak_rss_bytes / 2**20,
+                "gpu_memory_mib": contender.gpu_memory_mib,
+                "warmup_total_s": contender.warmup_totals,
+                "unet_calls": contender.samples[0].unet_calls,
+                "stages": stages,
+                "rtf": stages["total"]["median"] / audio_seconds,
+                "speedup": float(np.median(ratios)) if compared else None,
+                "parity": relative_max_difference(audio, expected) if compared else None,
+            }
+        )
+    if settings.model is not None:
+        model = settings.model
+    elif settings.engine is not None:
+        model = f"export {settings.engine} of {checkpoint}"
+    else:
+        model = f"{settings.preset} (random weights)"
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.describe_machine(),
+        "versions": machine.versions(),
+        "settings": {
+            "model": model,
+            "checkpoint": checkpoint,
+            "engines": {device: str(path) for device, path in engines.items()},
+            "duration": settings.duration,
+            "steps": settings.steps,
+            "guidance": settings.guidance,
+            "batch": settings.batch,
+            "runs": settings.runs,
+            "warmup": settings.warmup,
+            "backends": list(settings.backends or ()),
+            "compile": settings.compile,
+            "prompts": work.prompts,
+            "latent_shape": list(work.latents.shape),
+            "latent_seed": LATENT_SEED,
+            "audio_seconds": audio_seconds,
+        },
+        "contenders": rows,
+        "notes": notes,
+    }

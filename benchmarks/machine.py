@@ -1,0 +1,79 @@
+"""What the benchmark ran on: the machine, the library versions, and the GPU as ``nvidia-smi`` reports it.
+
+GPU facts come from ``nvidia-smi`` in the parent rather than from torch or CUDA in a worker: it needs no CUDA
+context (which would itself take GPU memory) and reads the same for every contender.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: Distributions whose versions go into the record, where installed.
+PACKAGES = (
+    "audioldm-trt",
+    "torch",
+    "diffusers",
+    "transformers",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "numpy",
+)
+
+
+def describe_machine() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": gpu_query("name"),
+        "gpu_memory_mib": gpu_query("memory.total"),
+        "gpu_driver": gpu_query("driver_version"),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def gpu_query(field: str) -> str | None:
+    """One ``nvidia-smi --query-gpu`` field of the first visible GPU; None without a GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
+    command = ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", device]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = result.stdout.strip()
+    return value if result.returncode == 0 and value else None
+
+
+def gpu_memory_used_mib() -> float | None:
+    """Device memory in use on the GPU, all processes together (MiB); None without a GPU."""
+    used = gpu_query("memory.used")
+    return float(used) if used is not None else None
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

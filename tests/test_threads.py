@@ -1,0 +1,28 @@
+"""One Engine shared by server threads: concurrent calls give what sequential calls give."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from conftest import ModelUnderTest
+
+REQUESTS: list[dict[str, Any]] = [
+    {"prompt": "a dog barking", "seed": 1},
+    {"prompt": ["rain", "thunder"], "seed": 2, "num_waveforms_per_prompt": 2},
+    {"prompt": "a bell", "seed": 3, "guidance_scale": 1.0, "audio_length_in_s": 0.5},
+    {"prompt": "birds", "seed": 4, "negative_prompt": "wind", "eta": 0.5},
+    {"prompt": "a car engine", "seed": 5, "num_inference_steps": 7},
+    {"prompt": "applause", "seed": 6, "audio_length_in_s": 1.3},
+]
+
+
+def test_concurrent_calls_equal_sequential_calls(tiny: ModelUnderTest) -> None:
+    engine = tiny.engine
+    sequential = [engine.generate(**request) for request in REQUESTS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda request: engine.generate(**request), REQUESTS * 2))
+    for i, audio in enumerate(concurrent):
+        np.testing.assert_array_equal(audio, sequential[i % len(REQUESTS)])
