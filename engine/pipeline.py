@@ -116,7 +116,7 @@ class Engine:
 
     def generate(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 10,
         guidance_scale: float = 2.5,
@@ -125,6 +125,8 @@ class Engine:
         eta: float = 0.0,
         seed: int | None = None,
         latents: np.ndarray | None = None,
+        prompt_embeds: np.ndarray | None = None,
+        negative_prompt_embeds: np.ndarray | None = None,
     ) -> np.ndarray:
         """Waveforms, float32 (len(prompts) * num_waveforms_per_prompt, samples), like diffusers'
         ``AudioLDMPipeline(...).audios`` with ``generator=torch.Generator().manual_seed(seed)``."""
@@ -138,11 +140,13 @@ class Engine:
             eta=eta,
             seed=seed,
             latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
         ).audio
 
     def run(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         audio_length_in_s: float | None = None,
         num_inference_steps: int = 10,
         guidance_scale: float = 2.5,
@@ -151,13 +155,24 @@ class Engine:
         eta: float = 0.0,
         seed: int | None = None,
         latents: np.ndarray | None = None,
+        prompt_embeds: np.ndarray | None = None,
+        negative_prompt_embeds: np.ndarray | None = None,
         progress: bool = False,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
         started = time.perf_counter()
         model = self.manifest.model
-        prompts = _prompt_list(prompt, "prompt")
-        negatives = _negative_list(negative_prompt, len(prompts))
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass exactly one of prompt and prompt_embeds")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
+        prompts = [] if prompt is None else _prompt_list(prompt, "prompt")
+        given = _embeddings(prompt_embeds, "prompt_embeds", model.embedding_dim)
+        count = len(given) if given is not None else len(prompts)
+        given_negative = _embeddings(negative_prompt_embeds, "negative_prompt_embeds", model.embedding_dim)
+        if given_negative is not None and len(given_negative) != count:
+            raise ValueError(f"negative_prompt_embeds has {len(given_negative)} rows for {count} prompts")
+        negatives = _negative_list(negative_prompt, count)
         steps = _positive_int(num_inference_steps, "num_inference_steps")
         waveforms = _positive_int(num_waveforms_per_prompt, "num_waveforms_per_prompt")
         guidance = _finite(guidance_scale, "guidance_scale")
@@ -173,7 +188,7 @@ class Engine:
             raise ValueError(
                 f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
             )
-        batch = len(prompts) * waveforms
+        batch = count * waveforms
         shape = (batch, model.latent_channels, model.latent_height(length), model.latent_width)
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)
@@ -188,9 +203,13 @@ class Engine:
 
         timings = dict.fromkeys(("text_encoder", "unet", "scheduler", "vae_decoder", "vocoder"), 0.0)
         clock = time.perf_counter()
+        # As diffusers: given embeddings are used as they are; the others are encoded (in one call).
         positive, negative = self._encode(prompts, negatives if guided and negatives is not None else [])
-        if guided and negatives is None:
-            negative = np.repeat(self._empty_embedding, len(prompts), axis=0)
+        positive = given if given is not None else positive
+        if given_negative is not None:
+            negative = given_negative
+        elif guided and negatives is None:
+            negative = np.repeat(self._empty_embedding, count, axis=0)
         embeddings = np.repeat(positive, waveforms, axis=0)
         if guided:
             embeddings = np.concatenate([np.repeat(negative, waveforms, axis=0), embeddings])
@@ -236,6 +255,9 @@ class Engine:
 
     def _encode(self, prompts: list[str], negatives: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of prompts and negative prompts in one text encoder call (each side may be empty)."""
+        if not prompts and not negatives:
+            empty = np.zeros((0, self.manifest.model.embedding_dim), np.float32)
+            return empty, empty
         sides = [
             self._tokenizer(texts, limit)
             for texts, limit in ((prompts, None), (negatives, self._negative_max_length))
@@ -266,6 +288,17 @@ def _prompt_list(prompt: str | Sequence[str], name: str) -> list[str]:
     if not prompts:
         raise ValueError(f"{name} is an empty list")
     return list(prompts)
+
+
+def _embeddings(value: np.ndarray | None, name: str, dim: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (prompts, {dim}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinity")
+    return array
 
 
 def _negative_list(negative_prompt: str | Sequence[str] | None, count: int) -> list[str] | None:

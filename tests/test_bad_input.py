@@ -132,7 +132,6 @@ class _CountingGraph(Graph):
     [
         ({"prompt": []}, "empty"),
         ({"prompt": ["ok", 3]}, "prompt must be"),
-        ({"prompt": None}, "prompt must be"),
         ({"prompt": ["a", "b"], "negative_prompt": ["only one"]}, "negative_prompt has 1"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": 2.5}, "num_inference_steps"),
@@ -144,6 +143,10 @@ class _CountingGraph(Graph):
         ({"audio_length_in_s": float("inf")}, "audio_length_in_s"),
         ({"eta": -0.5}, "eta"),
         ({"seed": -(2**63) - 1}, "seed"),
+        ({"prompt": None}, "exactly one of prompt and prompt_embeds"),
+        ({"prompt_embeds": np.zeros((1, 8), np.float32)}, "exactly one"),
+        ({"prompt": None, "prompt_embeds": np.zeros((1, 3), np.float32)}, "prompt_embeds must have shape"),
+        ({"negative_prompt": "x", "negative_prompt_embeds": np.zeros((1, 8), np.float32)}, "at most one"),
         ({"seed": 1.5}, "seed"),
         ({"seed": 2**64}, "seed"),
         ({"latents": np.zeros((1, 4, 3, 8), np.float32)}, "latents must have shape"),

@@ -99,3 +99,24 @@ def test_encode_prompt_matches_diffusers(model: ModelUnderTest) -> None:
     ours = model.engine.encode_prompt(prompts)
     assert ours.shape == expected.shape == (3, model.engine.manifest.model.embedding_dim)
     assert relative_difference(ours, expected) < 1e-5
+
+
+def test_given_embeddings_match_diffusers(model: ModelUnderTest) -> None:
+    """prompt_embeds / negative_prompt_embeds are used as given (not normalised), as diffusers uses them."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    positive = model.engine.encode_prompt(["a dog", "rain"]) * 0.8 + rng.normal(0, 0.05, (2, 1)).astype(np.float32)
+    negative = model.engine.encode_prompt(["noise", "hiss"]) * 1.2
+    length = model.odd_audio_length()
+    latents = model.latents(2, length, seed=4)
+    # (diffusers refuses a negative_prompt with prompt_embeds: its type check wants both to be lists)
+    for negative_kwargs in ({"negative_prompt_embeds": negative}, {}):
+        ours = model.engine.generate(prompt_embeds=positive, audio_length_in_s=length, latents=latents, **negative_kwargs)
+        expected = model.diffusers_audio(
+            prompt_embeds=torch.from_numpy(positive),
+            audio_length_in_s=length,
+            latents=latents,
+            **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in negative_kwargs.items()},
+        )
+        assert relative_difference(ours, expected) < AUDIO_TOLERANCE

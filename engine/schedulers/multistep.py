@@ -1,0 +1,347 @@
+"""What diffusers' multistep ODE solvers (DPM-Solver(++), single- and multistep, UniPC, DEIS) share, in numpy.
+
+They walk a variance-preserving schedule through ``alpha_t``, ``sigma_t`` and ``lambda_t = log(alpha_t / sigma_t)``
+derived from float32 sigmas, convert the model output to a data (x0) or noise prediction, keep the last few of
+those, and find their place in ``timesteps`` on the first ``step``.
+
+diffusers computes the schedule in float64 numpy and steps with 0-dim float32 torch tensors. Here the per-step
+scalars are ``np.float32`` combined in diffusers' order of operations; ``exp``/``log``/``expm1`` are evaluated in
+float64 and rounded once (torch's float32 ones are within an ulp of that, numpy's float32 ones further off).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from .base import Scheduler
+from .sigmas import SIGMA_CONVERSIONS, converted_sigmas, interpolated_sigmas, sigma_to_t, train_alphas_cumprod
+from .sigmas import train_sigmas as sigmas_of
+
+if TYPE_CHECKING:
+    from ..random import TorchGenerator
+
+F32 = np.float32
+#: diffusers' beta schedules (its "exp" is Heun's only).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def f32_exp(x: np.float32) -> np.float32:
+    """``torch.exp`` of a 0-dim float32 tensor, to within torch's last-ulp differences."""
+    return F32(np.exp(np.float64(x)))
+
+
+def f32_expm1(x: np.float32) -> np.float32:
+    """``torch.expm1`` of a 0-dim float32 tensor."""
+    return F32(np.expm1(np.float64(x)))
+
+
+def f32_log(x: np.float32) -> np.float32:
+    """``torch.log`` of a 0-dim float32 tensor (``-inf`` at the final zero sigma, as torch)."""
+    return F32(np.log(np.float64(x)))
+
+
+class Level(NamedTuple):
+    """A noise level of the VP schedule: ``x_t = alpha * x0 + sigma * noise``, ``lam = log(alpha / sigma)``."""
+
+    alpha: np.float32
+    sigma: np.float32
+    lam: np.float32
+
+
+def level_of(sigma: np.float32) -> Level:
+    """diffusers' ``_sigma_to_alpha_sigma_t`` and ``lambda_t`` for a sigma of the float32 schedule."""
+    alpha = F32(1.0) / np.sqrt(sigma * sigma + F32(1.0))
+    sigma_t = sigma * alpha
+    return Level(alpha, sigma_t, f32_log(alpha) - f32_log(sigma_t))
+
+
+def weighted_sum(terms: Sequence[tuple[np.float32, np.ndarray]]) -> np.ndarray:
+    """``c0 * x0 + c1 * x1 + ...`` summed left to right, the way diffusers' update expressions associate."""
+    (coefficient, value), *rest = terms
+    total = coefficient * value
+    for coefficient, value in rest:
+        total = total + coefficient * value
+    return np.asarray(total, dtype=np.float32)
+
+
+class DpmCoefficients(NamedTuple):
+    """The scalar weights of one DPM-Solver update from ``base`` to ``target``, per term of the update.
+
+    ``d1_midpoint`` weighs the first difference in second-order midpoint updates; ``d1_heun`` in second-order
+    Heun updates and in all third-order ones; ``noise`` is zero for the ODE solvers.
+    """
+
+    sample: np.float32
+    d0: np.float32
+    d1_midpoint: np.float32
+    d1_heun: np.float32
+    d2: np.float32
+    noise: np.float32
+
+
+def dpm_coefficients(algorithm_type: str, target: Level, base: Level, h: np.float32) -> DpmCoefficients:
+    """The weights of diffusers' DPM-Solver updates (https://huggingface.co/papers/2211.01095) for a step of
+    log-SNR length ``h``, negated where diffusers subtracts the term (negation is exact)."""
+    alpha_t, sigma_t = target.alpha, target.sigma
+    if algorithm_type == "dpmsolver++":
+        decay = f32_exp(-h) - 1.0
+        return DpmCoefficients(
+            sample=sigma_t / base.sigma,
+            d0=-(alpha_t * decay),
+            d1_midpoint=-(0.5 * (alpha_t * decay)),
+            d1_heun=alpha_t * (decay / h + 1.0),
+            d2=-(alpha_t * ((decay + h) / (h * h) - 0.5)),
+            noise=F32(0.0),
+        )
+    if algorithm_type == "dpmsolver":
+        growth = f32_exp(h) - 1.0
+        return DpmCoefficients(
+            sample=alpha_t / base.alpha,
+            d0=-(sigma_t * growth),
+            d1_midpoint=-(0.5 * (sigma_t * growth)),
+            d1_heun=-(sigma_t * (growth / h - 1.0)),
+            d2=-(sigma_t * ((growth - h) / (h * h) - 0.5)),
+            noise=F32(0.0),
+        )
+    if algorithm_type == "sde-dpmsolver++":
+        kept = 1.0 - f32_exp(-2.0 * h)
+        return DpmCoefficients(
+            sample=sigma_t / base.sigma * f32_exp(-h),
+            d0=alpha_t * kept,
+            d1_midpoint=0.5 * (alpha_t * kept),
+            d1_heun=alpha_t * (kept / (-2.0 * h) + 1.0),
+            d2=alpha_t * ((kept - 2.0 * h) / ((2.0 * h) * (2.0 * h)) - 0.5),
+            noise=sigma_t * np.sqrt(kept),
+        )
+    # sde-dpmsolver: diffusers has no third-order update for it (the schedulers reject that order).
+    growth = f32_exp(h) - 1.0
+    return DpmCoefficients(
+        sample=alpha_t / base.alpha,
+        d0=-(2.0 * (sigma_t * growth)),
+        d1_midpoint=-(sigma_t * growth),
+        d1_heun=-(2.0 * (sigma_t * (growth / h - 1.0))),
+        d2=F32(np.nan),
+        noise=sigma_t * np.sqrt(f32_exp(2.0 * h) - 1.0),
+    )
+
+
+def adopt_dpm_aliases(config: dict[str, Any], name: str) -> None:
+    """diffusers' DPM-Solver ``__init__`` checks and renames, applied to ``config`` in place.
+
+    A final sigma of zero needs a data-prediction algorithm; the other solvers' names (``deis``, ``logrho``,
+    ``bh1``, ``bh2``) are taken for ``dpmsolver++`` and ``midpoint``, so configs copied across schedulers work.
+    """
+    if config["algorithm_type"] not in ("dpmsolver++", "sde-dpmsolver++") and config["final_sigmas_type"] == "zero":
+        raise ValueError(
+            f"{name}: final_sigmas_type='zero' is not supported with algorithm_type={config['algorithm_type']!r}"
+            " (as in diffusers); use final_sigmas_type='sigma_min'"
+        )
+    if config["algorithm_type"] == "deis":
+        config["algorithm_type"] = "dpmsolver++"
+    if config["solver_type"] in ("logrho", "bh1", "bh2"):
+        config["solver_type"] = "midpoint"
+
+
+def multistep_timesteps(
+    spacing: str, num_inference_steps: int, last_timestep: int, num_train_timesteps: int, steps_offset: int
+) -> np.ndarray:
+    """The int64 timesteps, descending, for ``timestep_spacing`` as the multistep solvers space them: from
+    ``num_inference_steps + 1`` points, dropping the last, below ``last_timestep`` (the ``lambda_min_clipped``
+    bound of DPM-Solver, else ``num_train_timesteps``)."""
+    n = num_inference_steps
+    if spacing == "linspace":
+        return np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = last_timestep // (n + 1)
+        return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].astype(np.int64) + steps_offset
+    return np.arange(last_timestep, 0, -num_train_timesteps / n).round().astype(np.int64) - 1
+
+
+def index_for_timestep(timesteps: np.ndarray, timestep: float) -> int:
+    """diffusers' ``index_for_timestep``: the second match when ``timestep`` repeats, the last step if absent."""
+    matches = np.flatnonzero(timesteps == timestep)
+    if not len(matches):
+        return len(timesteps) - 1
+    return int(matches[1 if len(matches) > 1 else 0])
+
+
+def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding (https://huggingface.co/papers/2205.11487) as diffusers' ``_threshold_sample``:
+    clip each batch item to its ``ratio`` quantile of ``|x|`` (kept within ``[1, max_value]``) and divide by it.
+
+    The quantile is ``torch.quantile``'s: rank ``q * (n - 1)`` in float32, then linear interpolation.
+    """
+    flat = sample.reshape(sample.shape[0], -1)
+    ordered = np.sort(np.abs(flat), axis=1)
+    rank = F32(ratio) * F32(ordered.shape[1] - 1)
+    below = int(rank)
+    weight = rank - F32(below)
+    low, high = ordered[:, below], ordered[:, int(np.ceil(rank))]
+    quantile = low + weight * (high - low) if weight < 0.5 else high - (high - low) * (F32(1.0) - weight)
+    bound = np.clip(quantile, F32(1.0), F32(max_value))[:, np.newaxis]
+    return np.asarray((np.clip(flat, -bound, bound) / bound).reshape(sample.shape), dtype=np.float32)
+
+
+class MultistepScheduler(Scheduler):
+    """The schedule, step counter and output history of the exponential-integrator solvers.
+
+    ``sigmas`` (float32) has one more entry than ``timesteps``: the level each step lands on. The step index
+    is found on the first ``step`` of a run, then advances by one per ``step``.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config)
+        chosen = [key for key in SIGMA_CONVERSIONS if self.config.get(key)]
+        if len(chosen) > 1:
+            raise ValueError(f"{self.name}: only one of {', '.join(chosen)} can be set")
+        self.alphas_cumprod = train_alphas_cumprod(self.config)
+        self.train_sigmas = sigmas_of(self.alphas_cumprod)
+        self.sigmas = np.zeros(0, dtype=np.float32)
+        self.timesteps = np.zeros(0, dtype=np.int64)
+        self.num_inference_steps = 0
+        self.step_index: int | None = None
+        self.lower_order_nums = 0
+        self.model_outputs: list[np.ndarray | None] = []
+
+    def _respaced(self, num_inference_steps: int, *, round_timesteps: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (timesteps, float64 sigmas) of the configured Karras/exponential/Lu respacing, or None.
+
+        Karras and Lu timesteps are rounded when ``round_timesteps``; exponential ones never (diffusers).
+        """
+        log_train = np.log(self.train_sigmas)
+        rounded = bool(self.config["use_karras_sigmas"])
+        if self.config.get("use_lu_lambdas") and not rounded:
+            # "lambdas" in diffusers, but log sigmas: uniform steps in log-SNR.
+            log_max, log_min = float(log_train[-1]), float(log_train[0])
+            ramp = np.linspace(0, 1, num_inference_steps)
+            sigmas = np.exp(log_max + ramp * (log_min - log_max))
+            respaced = sigma_to_t(sigmas, log_train), sigmas
+            rounded = True
+        else:
+            respaced = converted_sigmas(self.config, self.train_sigmas[::-1], log_train, num_inference_steps)
+        if respaced is None:
+            return None
+        timesteps, sigmas = respaced
+        return (timesteps.round() if round_timesteps and rounded else timesteps), sigmas
+
+    def _set_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, final_sigma: float) -> None:
+        """Install ``timesteps`` (truncated to int64, as torch casts) and ``sigmas`` plus the final level."""
+        self.timesteps = timesteps.astype(np.int64)
+        self.sigmas = np.concatenate([sigmas, [final_sigma]]).astype(np.float32)
+        self.num_inference_steps = len(self.timesteps)
+        self.model_outputs = [None] * int(self.config["solver_order"])
+        self.lower_order_nums = 0
+        self.step_index = None
+
+    def _spaced(self, num_inference_steps: int, last_timestep: int | None = None) -> np.ndarray:
+        """The configured spacing of ``num_inference_steps`` timesteps below ``last_timestep`` (default: all)."""
+        train_steps = int(self.config["num_train_timesteps"])
+        return multistep_timesteps(
+            self.config.get("timestep_spacing", "linspace"),
+            num_inference_steps,
+            train_steps if last_timestep is None else last_timestep,
+            train_steps,
+            int(self.config.get("steps_offset", 0)),
+        )
+
+    def _clipped_end(self) -> int:
+        """DPM-Solver's timestep bound: ``num_train_timesteps`` less the steps whose training ``lambda_t`` is below
+        ``lambda_min_clipped`` (critical for the cosine schedule, diffusers says)."""
+        alpha = np.sqrt(self.alphas_cumprod).astype(np.float64)
+        sigma = np.sqrt(F32(1.0) - self.alphas_cumprod).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            lambdas = np.log(alpha).astype(np.float32) - np.log(sigma).astype(np.float32)
+        clipped = np.searchsorted(lambdas[::-1].astype(np.float64), float(self.config["lambda_min_clipped"]))
+        return int(self.config["num_train_timesteps"]) - int(clipped)
+
+    def _interpolated(self, timesteps: np.ndarray) -> np.ndarray:
+        """The float64 training sigmas at integer ``timesteps``."""
+        return interpolated_sigmas(timesteps, self.train_sigmas)
+
+    def _level(self, index: int) -> Level:
+        return level_of(F32(self.sigmas[index]))
+
+    def _data_prediction(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """The predicted clean sample x0 at the current step, dynamically thresholded if configured."""
+        prediction_type = self.config["prediction_type"]
+        if prediction_type == "sample":
+            x0 = model_output
+        else:
+            assert self.step_index is not None
+            alpha_t, sigma_t, _ = self._level(self.step_index)
+            if prediction_type == "epsilon":
+                x0 = (sample - sigma_t * model_output) / alpha_t
+            else:  # v_prediction
+                x0 = alpha_t * sample - sigma_t * model_output
+        if self.config["thresholding"]:
+            x0 = threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
+        return np.asarray(x0, dtype=np.float32)
+
+    def _noise_prediction(self, model_output: np.ndarray, sample: np.ndarray, *, threshold: bool) -> np.ndarray:
+        """The predicted noise at the current step; with ``threshold`` (DPM-Solver's way) through a thresholded x0."""
+        assert self.step_index is not None
+        alpha_t, sigma_t, _ = self._level(self.step_index)
+        prediction_type = self.config["prediction_type"]
+        if prediction_type == "epsilon":
+            epsilon = model_output
+        elif prediction_type == "sample":
+            epsilon = (sample - alpha_t * model_output) / sigma_t
+        else:  # v_prediction
+            epsilon = alpha_t * model_output + sigma_t * sample
+        if threshold and self.config["thresholding"]:
+            x0 = threshold_sample(
+                (sample - sigma_t * epsilon) / alpha_t,
+                self.config["dynamic_thresholding_ratio"],
+                self.config["sample_max_value"],
+            )
+            epsilon = (sample - alpha_t * x0) / sigma_t
+        return np.asarray(epsilon, dtype=np.float32)
+
+    def _remember(self, converted: np.ndarray) -> None:
+        """Push the newest converted model output, dropping the oldest."""
+        self.model_outputs = [*self.model_outputs[1:], converted]
+
+    def _history(self, count: int) -> list[np.ndarray]:
+        """The ``count`` newest converted model outputs, newest first."""
+        outputs = self.model_outputs[-count:][::-1]
+        assert all(output is not None for output in outputs)
+        return [output for output in outputs if output is not None]
+
+    def step(
+        self,
+        model_output: np.ndarray,
+        timestep: float,
+        sample: np.ndarray,
+        *,
+        eta: float = 0.0,
+        generator: TorchGenerator | None = None,
+    ) -> np.ndarray:
+        """One solver step; ``eta`` is not a parameter of these solvers and is ignored, as diffusers does."""
+        if not self.num_inference_steps:
+            raise ValueError(f"{self.name}: call set_timesteps before step")
+        if self.step_index is None:
+            self.step_index = index_for_timestep(self.timesteps, timestep)
+        # The last step may land on sigma 0 (lambda = inf): torch computes through the infinities silently.
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            prev_sample = self._advance(
+                np.asarray(model_output, dtype=np.float32), np.asarray(sample, dtype=np.float32), generator
+            )
+        self.step_index += 1
+        return prev_sample
+
+    @abstractmethod
+    def _advance(self, model_output: np.ndarray, sample: np.ndarray, generator: TorchGenerator | None) -> np.ndarray:
+        """The sample at the next level, from the model output at ``self.step_index``."""
+
+
+def sde_noise(generator: TorchGenerator | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The step noise of the SDE solvers: ``randn_tensor`` with the run's generator, as diffusers draws it."""
+    if generator is None:
+        raise ValueError(f"{name} with an SDE algorithm_type needs a generator for its noise")
+    return generator.randn(shape)
