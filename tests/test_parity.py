@@ -112,7 +112,9 @@ def test_given_embeddings_match_diffusers(model: ModelUnderTest) -> None:
     latents = model.latents(2, length, seed=4)
     # (diffusers refuses a negative_prompt with prompt_embeds: its type check wants both to be lists)
     for negative_kwargs in ({"negative_prompt_embeds": negative}, {}):
-        ours = model.engine.generate(prompt_embeds=positive, audio_length_in_s=length, latents=latents, **negative_kwargs)
+        ours = model.engine.generate(
+            prompt_embeds=positive, audio_length_in_s=length, latents=latents, **negative_kwargs
+        )
         expected = model.diffusers_audio(
             prompt_embeds=torch.from_numpy(positive),
             audio_length_in_s=length,

@@ -20,17 +20,19 @@ from audioldm_trt.engine.schedulers import SCHEDULERS, Scheduler
 from audioldm_trt.engine.schedulers.deis_multistep import DEISMultistepScheduler
 from audioldm_trt.engine.schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from audioldm_trt.engine.schedulers.dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from audioldm_trt.engine.schedulers.multistep import MultistepScheduler
 from audioldm_trt.engine.schedulers.unipc_multistep import UniPCMultistepScheduler
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-CLASSES: tuple[type[Scheduler], ...] = (
+CLASSES: tuple[type[MultistepScheduler], ...] = (
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
     UniPCMultistepScheduler,
     DEISMultistepScheduler,
 )
+BY_NAME = {cls.name: cls for cls in CLASSES}
 RTOL = 1e-5
 #: AudioLDM's training schedule.
 AUDIOLDM = {"beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0195}
@@ -79,7 +81,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     *[(UNIPC, {"solver_order": order}, ALL_STEPS) for order in (1, 2, 3)],
     *[(UNIPC, {"solver_order": order, "solver_type": "bh1", **SIGMA_MIN}, ALL_STEPS) for order in (1, 2, 3)],
     (UNIPC, {"solver_order": 3, "predict_x0": False, **SIGMA_MIN}, ALL_STEPS),
-    (UNIPC, {"solver_order": 3, "disable_corrector": [0, 3], "lower_order_final": False}, FEW_STEPS),
+    (UNIPC, {"solver_order": 3, "disable_corrector": [0, 3], "lower_order_final": False, **SIGMA_MIN}, FEW_STEPS),
+    (UNIPC, {"solver_order": 2, "disable_corrector": [1], "lower_order_final": False, **SIGMA_MIN}, FEW_STEPS),
     (UNIPC, {"use_karras_sigmas": True, "solver_order": 3}, ALL_STEPS),
     (UNIPC, {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 40.0, **SIGMA_MIN}, FEW_STEPS),
     (UNIPC, {"use_exponential_sigmas": True, **SIGMA_MIN}, FEW_STEPS),
@@ -113,7 +116,7 @@ def test_steps_match_diffusers(case: tuple[str, dict[str, Any], tuple[int, ...]]
     name, overrides, step_counts = case
     config = {**AUDIOLDM, **overrides}
     for steps in step_counts:
-        ours = SCHEDULERS[name](config)
+        ours = BY_NAME[name](config)
         theirs = getattr(diffusers, name)(**config)
         ours.set_timesteps(steps)
         theirs.set_timesteps(steps)
@@ -175,6 +178,7 @@ REJECTED: list[tuple[type[Scheduler], dict[str, Any], str]] = [
     (UniPCMultistepScheduler, {"shift_terminal": 0.1}, "shift_terminal"),
     (UniPCMultistepScheduler, {"solver_type": "bh1"}, "final_sigmas_type"),
     (UniPCMultistepScheduler, {"predict_x0": False}, "final_sigmas_type"),
+    (UniPCMultistepScheduler, {"lower_order_final": False}, "final_sigmas_type"),
     (DEISMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
 ]
 

@@ -302,9 +302,7 @@ def test_runtime_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "mypy", "--config-file", str(REPOSITORY / "pyproject.toml")]
     command += ["--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent", "--explicit-package-bases"]
     env = {**os.environ, "MYPYPATH": os.pathsep.join([str(stubs), str(tmp_path / "tree")])}
-    checked = subprocess.run(
-        [*command, *TYPED_TARGETS], capture_output=True, text=True, env=env, cwd=tmp_path / "tree"
-    )
+    checked = subprocess.run([*command, *TYPED_TARGETS], capture_output=True, text=True, env=env, cwd=tmp_path / "tree")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     probed = subprocess.run([*command, "probe.py"], capture_output=True, text=True, env=env, cwd=tmp_path / "tree")
     assert 'expression has type "str", variable has type "int"' in probed.stdout, probed.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -100,41 +100,55 @@ def betas_from_config(config: Mapping[str, Any]) -> np.ndarray:
     if schedule == "scaled_linear":
         return _linspace_f32(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
     if schedule == "squaredcos_cap_v2":
-        return _cosine_betas(n)
+        return _betas_for_alpha_bar(n, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
+    if schedule == "exp":  # HeunDiscreteScheduler's
+        return _betas_for_alpha_bar(n, lambda t: math.exp(t * -12.0))
     raise ValueError(f"unsupported beta_schedule {schedule!r}")
 
 
 def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    """``torch.linspace(start, end, steps, dtype=torch.float32)``: float32 arithmetic, filled from both ends."""
+    """``torch.linspace(start, end, steps, dtype=torch.float32)``: filled from both ends, each value
+    ``first + step * i`` (or ``last - step * (steps - 1 - i)``) rounded once, as torch's fused multiply-add."""
     first, last = np.float32(start), np.float32(end)
-    step = (last - first) / np.float32(max(steps - 1, 1))
-    index = np.arange(steps, dtype=np.float32)
+    step = np.float64((last - first) / np.float32(max(steps - 1, 1)))
+    index = np.arange(steps, dtype=np.float64)
     half = steps // 2
-    return np.concatenate([first + step * index[:half], last - step * (np.float32(steps - 1) - index[half:])])
+    head = np.float64(first) + step * index[:half]
+    tail = np.float64(last) - step * (steps - 1 - index[half:])
+    return np.concatenate([head, tail]).astype(np.float32)
 
 
-def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
-    """diffusers' ``betas_for_alpha_bar`` with the Glide cosine schedule."""
-
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
+def _betas_for_alpha_bar(n: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> np.ndarray:
+    """diffusers' ``betas_for_alpha_bar``: the betas of a continuous alpha-bar curve."""
     return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], dtype=np.float32)
 
 
+def cumprod_f32(values: np.ndarray) -> np.ndarray:
+    """``torch.cumprod`` of a float32 tensor on CPU: a float64 running product, each output rounded to float32.
+
+    (numpy's float32 cumprod rounds the running product at every step and drifts ~1e-6 away in 1000 steps.)
+    """
+    return np.cumprod(values, dtype=np.float64).astype(np.float32)
+
+
 def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Betas with zero terminal SNR (https://huggingface.co/papers/2305.08891, Algorithm 1), as diffusers."""
-    alphas_bar_sqrt = np.cumprod(1.0 - betas, dtype=np.float32) ** np.float32(0.5)
-    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    """diffusers' ``rescale_zero_terminal_snr`` (https://huggingface.co/papers/2305.08891, Algorithm 1).
+
+    The small betas come back as ``1 - a_t / a_(t-1)``, a cancellation that turns a one-ulp difference in the
+    cumulative product into ~1e-4 relative, so the product must be torch's to the bit.
+    """
+    alphas_bar_sqrt = np.sqrt(cumprod_f32(np.float32(1.0) - betas))
+    first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
     alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
     alphas_bar = alphas_bar_sqrt**2
     alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
-    return (1 - alphas).astype(np.float32)
+    return np.float32(1.0) - alphas
 
 
 def alphas_cumprod_from_config(config: Mapping[str, Any]) -> np.ndarray:
-    """Cumulative products of ``1 - beta`` (float32, as diffusers), honouring ``rescale_betas_zero_snr``."""
+    """Cumulative products of ``1 - beta`` (float32, as torch computes them), honouring
+    ``rescale_betas_zero_snr``."""
     betas = betas_from_config(config)
     if config.get("rescale_betas_zero_snr"):
         betas = rescale_zero_terminal_snr(betas)
-    return np.cumprod(np.float32(1.0) - betas, dtype=np.float32)
+    return cumprod_f32(np.float32(1.0) - betas)

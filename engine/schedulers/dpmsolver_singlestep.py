@@ -115,8 +115,9 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         order = self.order_list[self.step_index]
         while self.model_outputs[-order] is None:  # a run that starts mid-schedule warms up again
             order -= 1
-        if order == 1 or self.sample is None:
+        if order == 1:
             self.sample = sample
+        assert self.sample is not None
         return self._update(order, self.sample, noise)
 
     def _update(self, order: int, sample: np.ndarray, noise: np.ndarray | None) -> np.ndarray:

@@ -64,7 +64,7 @@ def level_of(sigma: np.float32) -> Level:
 def weighted_sum(terms: Sequence[tuple[np.float32, np.ndarray]]) -> np.ndarray:
     """``c0 * x0 + c1 * x1 + ...`` summed left to right, the way diffusers' update expressions associate."""
     (coefficient, value), *rest = terms
-    total = coefficient * value
+    total: np.ndarray = coefficient * value
     for coefficient, value in rest:
         total = total + coefficient * value
     return np.asarray(total, dtype=np.float32)
@@ -215,6 +215,7 @@ class MultistepScheduler(Scheduler):
         Karras and Lu timesteps are rounded when ``round_timesteps``; exponential ones never (diffusers).
         """
         log_train = np.log(self.train_sigmas)
+        respaced: tuple[np.ndarray, np.ndarray] | None
         rounded = bool(self.config["use_karras_sigmas"])
         if self.config.get("use_lu_lambdas") and not rounded:
             # "lambdas" in diffusers, but log sigmas: uniform steps in log-SNR.
@@ -309,9 +310,9 @@ class MultistepScheduler(Scheduler):
 
     def _history(self, count: int) -> list[np.ndarray]:
         """The ``count`` newest converted model outputs, newest first."""
-        outputs = self.model_outputs[-count:][::-1]
-        assert all(output is not None for output in outputs)
-        return [output for output in outputs if output is not None]
+        outputs = [output for output in self.model_outputs[-count:][::-1] if output is not None]
+        assert len(outputs) == count, "the solver order outran the model outputs"
+        return outputs
 
     def step(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Scheduler, _linspace_f32, betas_from_config
+from .base import Scheduler, _linspace_f32, alphas_cumprod_from_config
 
 #: The config keys that replace the interpolated sigmas, at most one of which may be set.
 SIGMA_CONVERSIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
@@ -28,51 +28,13 @@ WITHOUT_BETA_SIGMAS = (False, None)
 _ZERO_SNR_ALPHA_CUMPROD = np.float32(2.0**-24)
 
 
-def cumprod_f32(values: np.ndarray) -> np.ndarray:
-    """``torch.cumprod`` of a float32 tensor on CPU: a float64 running product, each output rounded to float32.
-
-    (numpy's float32 cumprod rounds the running product at every step and drifts ~1e-6 away in 1000 steps.)
-    """
-    return np.cumprod(values, dtype=np.float64).astype(np.float32)
-
-
 def train_alphas_cumprod(config: Mapping[str, Any]) -> np.ndarray:
-    """The training ``alphas_cumprod`` (float32) from the betas config, with ``rescale_betas_zero_snr``."""
-    if config.get("beta_schedule") == "exp" and config.get("trained_betas") is None:
-        betas = _exp_betas(int(config["num_train_timesteps"]))
-    else:
-        betas = betas_from_config(config)
-    rescale = bool(config.get("rescale_betas_zero_snr"))
-    if rescale:
-        betas = _rescale_zero_terminal_snr(betas)
-    alphas_cumprod = cumprod_f32(np.float32(1.0) - betas)
-    if rescale:
-        # diffusers: close to 0 without being 0, so that the first sigma is not infinite.
+    """The training ``alphas_cumprod`` (float32), with the sigma-based schedulers' handling of
+    ``rescale_betas_zero_snr``: a last value close to 0 without being 0, so that the first sigma is finite."""
+    alphas_cumprod = alphas_cumprod_from_config(config)
+    if config.get("rescale_betas_zero_snr"):
         alphas_cumprod[-1] = _ZERO_SNR_ALPHA_CUMPROD
     return alphas_cumprod
-
-
-def _exp_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
-    """diffusers' ``betas_for_alpha_bar(n, alpha_transform_type="exp")`` (Heun's ``beta_schedule="exp"``)."""
-
-    def alpha_bar(t: float) -> float:
-        return math.exp(t * -12.0)
-
-    return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], dtype=np.float32)
-
-
-def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """diffusers' ``rescale_zero_terminal_snr`` with torch's float64-accumulated cumprod.
-
-    The small betas come back as ``1 - a_t / a_(t-1)``, a cancellation that turns a one-ulp difference in the
-    cumulative product into ~1e-4 relative, so the product must be torch's to the bit.
-    """
-    alphas_bar_sqrt = np.sqrt(cumprod_f32(np.float32(1.0) - betas))
-    first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
-    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
-    alphas_bar = alphas_bar_sqrt**2
-    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
-    return np.float32(1.0) - alphas
 
 
 def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .multistep import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SPACINGS, F32, MultistepScheduler, f32_expm1
+from .multistep import BETA_SCHEDULES, F32, PREDICTION_TYPES, TIMESTEP_SPACINGS, MultistepScheduler, f32_expm1
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
@@ -66,11 +66,18 @@ class UniPCMultistepScheduler(MultistepScheduler):
         if self.config["solver_type"] not in ("bh1", "bh2"):
             self.config["solver_type"] = "bh2"  # diffusers takes the other solvers' names for its default
         if self.config["final_sigmas_type"] == "zero":
-            # The last step's log-SNR is infinite there; diffusers then returns NaN for these two.
-            if self.config["solver_type"] == "bh1":
-                raise ValueError(f"{self.name}: solver_type='bh1' gives NaN with final_sigmas_type='zero'")
-            if not self.config["predict_x0"]:
-                raise ValueError(f"{self.name}: predict_x0=False gives NaN with final_sigmas_type='zero'")
+            # The last step's log-SNR is infinite there, which diffusers turns into NaN or a singular system
+            # (with a higher order at the last step).
+            failing = {
+                "solver_type='bh1'": self.config["solver_type"] == "bh1",
+                "predict_x0=False": not self.config["predict_x0"],
+                "lower_order_final=False": self.config["solver_order"] > 1 and not self.config["lower_order_final"],
+            }
+            for setting, fails in failing.items():
+                if fails:
+                    raise ValueError(
+                        f"{self.name}: {setting} fails in diffusers with final_sigmas_type='zero'; use 'sigma_min'"
+                    )
         self.disable_corrector = {int(step) for step in self.config["disable_corrector"]}
         self.last_sample: np.ndarray | None = None
         self.this_order = 0
@@ -113,10 +120,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
         start, scale, differences, rows, b = self._bh_terms(self.step_index + 1, self.step_index, order, sample)
         if not differences:
             return start
-        if order == 2:
-            rhos = np.array([0.5], dtype=np.float32)
-        else:
-            rhos = np.linalg.solve(rows[:-1, :-1], b[:-1])
+        rhos = np.array([0.5], dtype=np.float32) if order == 2 else np.linalg.solve(rows[:-1, :-1], b[:-1])
         return np.asarray(start - scale * _contract(rhos, differences), dtype=np.float32)
 
     def _corrected(self, converted: np.ndarray, last_sample: np.ndarray, sample: np.ndarray) -> np.ndarray:
