@@ -201,3 +201,21 @@ def test_step_before_set_timesteps_is_an_error() -> None:
     sample = np.zeros(SHAPE, dtype=np.float32)
     with pytest.raises(ValueError, match="set_timesteps"):
         UniPCMultistepScheduler().step(sample, 999, sample)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_a_repeated_first_timestep_is_an_error_not_a_crash(name: str) -> None:
+    """diffusers runs past its last sigma on this config; the port says so before any step."""
+    import diffusers
+
+    from audioldm_trt.engine.schedulers import SCHEDULERS
+
+    config = {"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True}
+    reference = getattr(diffusers, name)(**config)
+    reference.set_timesteps(10)
+    sample = torch.ones(1, 2, 4, 4)
+    with pytest.raises((IndexError, AssertionError)):
+        for t in reference.timesteps:
+            sample = reference.step(sample * 0.1, t, sample).prev_sample
+    with pytest.raises(ValueError, match="repeats the first timestep"):
+        SCHEDULERS[name](config).set_timesteps(10)

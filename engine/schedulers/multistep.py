@@ -233,7 +233,15 @@ class MultistepScheduler(Scheduler):
 
     def _set_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, final_sigma: float) -> None:
         """Install ``timesteps`` (truncated to int64, as torch casts) and ``sigmas`` plus the final level."""
-        self.timesteps = timesteps.astype(np.int64)
+        timesteps = timesteps.astype(np.int64)
+        if np.count_nonzero(timesteps == timesteps[0]) > 1:
+            # e.g. Karras sigmas over the squaredcos_cap_v2 schedule. diffusers starts at the second occurrence of
+            # the first timestep and steps past its last sigma.
+            raise ValueError(
+                f"{self.name}: this config repeats the first timestep at {len(timesteps)} steps, which diffusers"
+                " cannot run either; change use_karras_sigmas/use_exponential_sigmas or beta_schedule"
+            )
+        self.timesteps = timesteps
         self.sigmas = np.concatenate([sigmas, [final_sigma]]).astype(np.float32)
         self.num_inference_steps = len(self.timesteps)
         self.model_outputs = [None] * int(self.config["solver_order"])
