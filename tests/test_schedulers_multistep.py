@@ -12,8 +12,10 @@ import inspect
 import math
 from typing import Any
 
+import diffusers
 import numpy as np
 import pytest
+import torch
 
 from audioldm_trt.engine.random import TorchGenerator
 from audioldm_trt.engine.schedulers import SCHEDULERS, Scheduler
@@ -22,9 +24,6 @@ from audioldm_trt.engine.schedulers.dpmsolver_multistep import DPMSolverMultiste
 from audioldm_trt.engine.schedulers.dpmsolver_singlestep import DPMSolverSinglestepScheduler
 from audioldm_trt.engine.schedulers.multistep import MultistepScheduler
 from audioldm_trt.engine.schedulers.unipc_multistep import UniPCMultistepScheduler
-
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
 
 CLASSES: tuple[type[MultistepScheduler], ...] = (
     DPMSolverMultistepScheduler,
@@ -206,10 +205,6 @@ def test_step_before_set_timesteps_is_an_error() -> None:
 @pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
 def test_a_repeated_first_timestep_is_an_error_not_a_crash(name: str) -> None:
     """diffusers runs past its last sigma on this config; the port says so before any step."""
-    import diffusers
-
-    from audioldm_trt.engine.schedulers import SCHEDULERS
-
     config = {"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": True}
     reference = getattr(diffusers, name)(**config)
     reference.set_timesteps(10)
