@@ -246,6 +246,7 @@ def write_audio_files(paths: Sequence[Path], audio: np.ndarray, sampling_rate: i
 
 def _export(args: argparse.Namespace) -> None:
     exporter = _import_extra("audioldm_trt.export.exporter", "export")
+    _quiet_unless_verbose(args)
     output = exporter.export_model(
         args.model, args.output, precision=args.precision, fp32_graphs=args.fp32, force=args.force
     )
@@ -271,6 +272,7 @@ def _build(args: argparse.Namespace) -> None:
 
 def _random_model(args: argparse.Namespace) -> None:
     random_models = _import_extra("audioldm_trt.export.random_models", "export")
+    _quiet_unless_verbose(args)
     if args.preset not in random_models.PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(random_models.PRESETS)}")
     output = random_models.write_random_model(args.preset, args.output, seed=args.seed, force=args.force)
@@ -284,6 +286,7 @@ def _non_negative_int(text: str) -> int:
 def _bench(args: argparse.Namespace) -> None:
     bench = _import_extra("audioldm_trt.benchmarks.bench", "export")
     report = _import_extra("audioldm_trt.benchmarks.report", "export")
+    _quiet_unless_verbose(args)
     settings = bench.Settings(
         model=args.model,
         preset=args.preset,
@@ -302,6 +305,11 @@ def _bench(args: argparse.Namespace) -> None:
     paths = report.write_report(record, args.output)
     print(report.markdown(record))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _quiet_unless_verbose(args: argparse.Namespace) -> None:
+    if not (args.verbose or args.debug):
+        _import_extra("audioldm_trt.export", "export").quiet_hub_libraries()
 
 
 def _import_extra(module: str, extra: str) -> Any:
