@@ -1,4 +1,4 @@
-"""The PNDM, LMS, Euler, Euler ancestral, Heun and KDPM2 ports stepped side by side with diffusers' classes.
+"""The DDIM, PNDM, LMS, Euler, Euler ancestral, Heun and KDPM2 ports stepped side by side with diffusers' classes.
 
 A fixed random "model" (a float32 function of the UNet input, the timestep and the guidance half) drives both
 schedulers through the pipeline's loop, classifier-free guidance's doubled batch included; timesteps, the
@@ -38,6 +38,13 @@ KARRAS: list[dict[str, Any]] = [
     {"use_karras_sigmas": True, "timestep_spacing": "leading", "prediction_type": "v_prediction"},
 ]
 CONFIGS: dict[str, list[dict[str, Any]]] = {
+    "DDIMScheduler": [
+        *COMMON,
+        {"prediction_type": "sample", "clip_sample": True, "clip_sample_range": 0.8},
+        {"set_alpha_to_one": True, "timestep_spacing": "linspace"},
+        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+        {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+    ],
     "PNDMScheduler": [
         *COMMON,
         {"skip_prk_steps": True},
@@ -136,6 +143,12 @@ CASES = [
 @pytest.mark.parametrize(("name", "config", "steps"), CASES)
 def test_matches_diffusers(name: str, config: dict[str, Any], steps: int) -> None:
     _run_side_by_side(name, config, steps)
+
+
+@pytest.mark.parametrize("steps", [1, 10, 25])
+def test_ddim_eta_matches_diffusers(steps: int) -> None:
+    """DDIM's eta noise comes from the generator's stream, as diffusers draws it."""
+    _run_side_by_side("DDIMScheduler", AUDIOLDM, steps, eta=0.7)
 
 
 @pytest.mark.parametrize("steps", [1, 10, 25])

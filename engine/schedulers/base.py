@@ -152,3 +152,20 @@ def alphas_cumprod_from_config(config: Mapping[str, Any]) -> np.ndarray:
     if config.get("rescale_betas_zero_snr"):
         betas = rescale_zero_terminal_snr(betas)
     return cumprod_f32(np.float32(1.0) - betas)
+
+
+def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Dynamic thresholding (https://huggingface.co/papers/2205.11487) as diffusers' ``_threshold_sample``:
+    clip each batch item to its ``ratio`` quantile of ``|x|`` (kept within ``[1, max_value]``) and divide by it.
+
+    The quantile is ``torch.quantile``'s: rank ``q * (n - 1)`` in float32, then linear interpolation.
+    """
+    flat = sample.reshape(sample.shape[0], -1)
+    ordered = np.sort(np.abs(flat), axis=1)
+    rank = np.float32(ratio) * np.float32(ordered.shape[1] - 1)
+    below = int(rank)
+    weight = rank - np.float32(below)
+    low, high = ordered[:, below], ordered[:, int(np.ceil(rank))]
+    quantile = low + weight * (high - low) if weight < 0.5 else high - (high - low) * (np.float32(1.0) - weight)
+    bound = np.clip(quantile, np.float32(1.0), np.float32(max_value))[:, np.newaxis]
+    return np.asarray((np.clip(flat, -bound, bound) / bound).reshape(sample.shape), dtype=np.float32)

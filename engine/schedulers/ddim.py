@@ -9,7 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
-from .base import Scheduler, alphas_cumprod_from_config
+from .base import Scheduler, alphas_cumprod_from_config, threshold_sample
 
 
 class DDIMScheduler(Scheduler):
@@ -35,7 +35,6 @@ class DDIMScheduler(Scheduler):
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
         "prediction_type": ("epsilon", "sample", "v_prediction"),
         "timestep_spacing": ("leading", "trailing", "linspace"),
-        "thresholding": (False,),
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
@@ -85,7 +84,10 @@ class DDIMScheduler(Scheduler):
         else:  # v_prediction
             pred_original = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
             pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
-        if self.config["clip_sample"]:
+        if self.config["thresholding"]:
+            ratio, limit = self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"]
+            pred_original = threshold_sample(np.asarray(pred_original, dtype=np.float32), ratio, limit)
+        elif self.config["clip_sample"]:
             limit = self.config["clip_sample_range"]
             pred_original = np.clip(pred_original, -limit, limit)
 

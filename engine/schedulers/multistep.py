@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .base import Scheduler
+from .base import Scheduler, threshold_sample
 from .sigmas import SIGMA_CONVERSIONS, converted_sigmas, interpolated_sigmas, sigma_to_t, train_alphas_cumprod
 from .sigmas import train_sigmas as sigmas_of
 
@@ -169,23 +169,6 @@ def index_for_timestep(timesteps: np.ndarray, timestep: float) -> int:
     if not len(matches):
         return len(timesteps) - 1
     return int(matches[1 if len(matches) > 1 else 0])
-
-
-def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
-    """Dynamic thresholding (https://huggingface.co/papers/2205.11487) as diffusers' ``_threshold_sample``:
-    clip each batch item to its ``ratio`` quantile of ``|x|`` (kept within ``[1, max_value]``) and divide by it.
-
-    The quantile is ``torch.quantile``'s: rank ``q * (n - 1)`` in float32, then linear interpolation.
-    """
-    flat = sample.reshape(sample.shape[0], -1)
-    ordered = np.sort(np.abs(flat), axis=1)
-    rank = F32(ratio) * F32(ordered.shape[1] - 1)
-    below = int(rank)
-    weight = rank - F32(below)
-    low, high = ordered[:, below], ordered[:, int(np.ceil(rank))]
-    quantile = low + weight * (high - low) if weight < 0.5 else high - (high - low) * (F32(1.0) - weight)
-    bound = np.clip(quantile, F32(1.0), F32(max_value))[:, np.newaxis]
-    return np.asarray((np.clip(flat, -bound, bound) / bound).reshape(sample.shape), dtype=np.float32)
 
 
 class MultistepScheduler(Scheduler):
