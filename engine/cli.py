@@ -7,6 +7,7 @@ failure while running (missing files, no GPU, ...). ``--debug`` shows the traceb
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -75,6 +76,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -108,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_seed, help="seed; equal seeds give diffusers' audio for torch.Generator().manual_seed(seed)"
     )
     generate.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="scheduler (default: the checkpoint's)")
+    generate.add_argument(
+        "--scheduler-config",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="scheduler config overrides, e.g. '{\"use_karras_sigmas\": true}'",
+    )
     generate.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
     generate.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
     generate.set_defaults(handler=_generate)
@@ -188,7 +206,13 @@ def _generate(args: argparse.Namespace) -> None:
         raise OSError(f"cannot write to {target.parent}")
     paths = output_paths(target, len(args.prompt) * args.waveforms)
     _check_writable(paths)  # before minutes of work, not after
-    engine = Engine.load(args.engine, backend=args.backend, scheduler=args.scheduler, verify=not args.no_verify)
+    engine = Engine.load(
+        args.engine,
+        backend=args.backend,
+        scheduler=args.scheduler,
+        scheduler_config=args.scheduler_config,
+        verify=not args.no_verify,
+    )
     print(f"running on {engine.backend.describe()} with {engine.scheduler_name}")
     result = engine.run(
         args.prompt,

@@ -42,6 +42,10 @@ def _assert_one_line_error(result: Any, status: int, *needles: str) -> None:
         (["--seed", "-9223372036854775809"], "--seed"),
         (["--scheduler", "NoSuchScheduler"], "--scheduler"),
         (["--backend", "cuda9"], "--backend"),
+        (["--scheduler-config", "[1]"], "--scheduler-config"),
+        (["--scheduler-config", "{bad json"], "--scheduler-config"),
+        (["--scheduler-config", '{"no_such_key": 1}'], "no_such_key"),
+        (["--scheduler-config", '{"prediction_type": "flow_prediction"}'], "prediction_type"),
     ],
 )
 def test_bad_arguments_exit_2(tiny: ModelUnderTest, tmp_path: Path, flags: list[str], needle: str) -> None:

@@ -116,3 +116,36 @@ def test_export_and_random_model_commands(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "engine" / "manifest.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_scheduler_and_its_config_from_the_command_line(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    from audioldm_trt.engine import Engine
+
+    output = tmp_path / "karras.wav"
+    config = '{"use_karras_sigmas": true, "solver_order": 3}'
+    result = run_cli(
+        "generate",
+        "wind",
+        "--engine",
+        str(tiny.export),
+        "--output",
+        str(output),
+        "--scheduler",
+        "DPMSolverMultistepScheduler",
+        "--scheduler-config",
+        config,
+        "--steps",
+        "6",
+        "--seed",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DPMSolverMultistepScheduler" in result.stdout
+    engine = Engine.load(
+        tiny.export,
+        backend="onnxruntime-cpu",
+        scheduler="DPMSolverMultistepScheduler",
+        scheduler_config={"use_karras_sigmas": True, "solver_order": 3},
+    )
+    expected = engine.generate("wind", num_inference_steps=6, seed=2)[0]
+    assert np.abs(soundfile.read(output, dtype="float32")[0] - expected).max() < 1 / 2**14
