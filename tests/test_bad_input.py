@@ -175,7 +175,8 @@ def test_python_errors_are_value_errors_before_any_graph_runs(
         ({"backend": "gpu-please"}, "unknown backend"),
         ({"scheduler": "NoSuchScheduler"}, "unknown scheduler"),
         ({"scheduler_config": {"beta_shedule": "linear"}}, "beta_shedule"),
-        ({"scheduler_config": {"thresholding": True}}, "thresholding"),
+        ({"scheduler_config": {"timestep_spacing": "uniform"}}, "timestep_spacing"),
+        ({"scheduler": "EulerDiscreteScheduler", "scheduler_config": {"use_beta_sigmas": True}}, "use_beta_sigmas"),
     ],
 )
 def test_bad_load_arguments(tiny: ModelUnderTest, kwargs: dict[str, Any], needle: str) -> None:
