@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduler config overrides, e.g. '{\"use_karras_sigmas\": true}'",
     )
     generate.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
+    generate.add_argument("--threads", type=_positive_int, help="ONNX Runtime threads per call (default: all cores)")
     generate.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
     generate.set_defaults(handler=_generate)
 
@@ -212,6 +213,7 @@ def _generate(args: argparse.Namespace) -> None:
         scheduler=args.scheduler,
         scheduler_config=args.scheduler_config,
         verify=not args.no_verify,
+        threads=args.threads,
     )
     print(f"running on {engine.backend.describe()} with {engine.scheduler_name}")
     result = engine.run(

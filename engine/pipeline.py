@@ -75,19 +75,23 @@ class Engine:
         scheduler: str | None = None,
         scheduler_config: Mapping[str, Any] | None = None,
         verify: bool = True,
+        threads: int | None = None,
     ) -> Engine:
         """Load an export made by ``audioldm-trt export``.
 
         ``scheduler`` is a diffusers class name (default: the checkpoint's own); ``scheduler_config``
         overrides keys of the checkpoint's scheduler config. ``verify`` checks every file against the
-        manifest's sha256 (sizes are always checked)."""
+        manifest's sha256 (sizes are always checked). ``threads`` caps ONNX Runtime's threads per graph call
+        (default: one per core), for hosts that share the cores."""
+        if threads is not None:
+            threads = _positive_int(threads, "threads")
         directory = Path(directory)
         manifest = Manifest.load(directory)
         base_config = dict(manifest.scheduler)
         scheduler_type = scheduler_class(scheduler or base_config.get("_class_name", "DDIMScheduler"))
         resolved = scheduler_type.from_config(base_config, scheduler_config).config
         manifest.verify(directory, hashes=verify)
-        runtime = create_backend(backend, directory, manifest)
+        runtime = create_backend(backend, directory, manifest, threads)
         graphs = {name: runtime.load(directory, manifest, name) for name in GRAPH_NAMES}
         tokenizer = PromptTokenizer.from_directory(directory / "tokenizer")
         engine = cls(directory, manifest, runtime, graphs, tokenizer, scheduler_type, resolved)

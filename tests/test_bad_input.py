@@ -42,6 +42,7 @@ def _assert_one_line_error(result: Any, status: int, *needles: str) -> None:
         (["--seed", "-9223372036854775809"], "--seed"),
         (["--scheduler", "NoSuchScheduler"], "--scheduler"),
         (["--backend", "cuda9"], "--backend"),
+        (["--threads", "0"], "--threads"),
         (["--scheduler-config", "[1]"], "--scheduler-config"),
         (["--scheduler-config", "{bad json"], "--scheduler-config"),
         (["--scheduler-config", '{"no_such_key": 1}'], "no_such_key"),
@@ -173,6 +174,7 @@ def test_python_errors_are_value_errors_before_any_graph_runs(
     ("kwargs", "needle"),
     [
         ({"backend": "gpu-please"}, "unknown backend"),
+        ({"threads": 0}, "threads"),
         ({"scheduler": "NoSuchScheduler"}, "unknown scheduler"),
         ({"scheduler_config": {"beta_shedule": "linear"}}, "beta_shedule"),
         ({"scheduler_config": {"timestep_spacing": "uniform"}}, "timestep_spacing"),

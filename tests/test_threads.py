@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from conftest import ModelUnderTest
+from conftest import AUDIO_TOLERANCE, ModelUnderTest, relative_difference
 
 REQUESTS: list[dict[str, Any]] = [
     {"prompt": "a dog barking", "seed": 1},
@@ -26,3 +26,13 @@ def test_concurrent_calls_equal_sequential_calls(tiny: ModelUnderTest) -> None:
         concurrent = list(pool.map(lambda request: engine.generate(**request), REQUESTS * 2))
     for i, audio in enumerate(concurrent):
         np.testing.assert_array_equal(audio, sequential[i % len(REQUESTS)])
+
+
+def test_a_single_threaded_engine_gives_diffusers_audio(tiny: ModelUnderTest) -> None:
+    """``threads=1`` (a host that keeps the other cores) changes the speed, not the audio."""
+    from audioldm_trt.engine import Engine
+
+    engine = Engine.load(tiny.export, backend="onnxruntime-cpu", threads=1, verify=False)
+    arguments: dict[str, Any] = {"prompt": "a dog barking", "seed": 1, "num_inference_steps": 5}
+    ours = engine.generate(**arguments)
+    assert relative_difference(ours, tiny.diffusers_audio(**arguments)) < AUDIO_TOLERANCE

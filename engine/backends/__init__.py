@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
 
 
-def create_backend(name: str, directory: Path, manifest: Manifest) -> Backend:
-    """The backend called ``name``; ``auto`` is ``choose_backend``'s pick, logged with its reason."""
+def create_backend(name: str, directory: Path, manifest: Manifest, threads: int | None = None) -> Backend:
+    """The backend called ``name``; ``auto`` is ``choose_backend``'s pick, logged with its reason. ``threads``
+    caps ONNX Runtime's intra-op threads (default: one per core)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
@@ -29,10 +30,10 @@ def create_backend(name: str, directory: Path, manifest: Manifest) -> Backend:
     if name == "tensorrt":
         return TensorRTBackend(directory, manifest)
     if name == "onnxruntime-cpu":
-        return OnnxRuntimeBackend([CPU])
+        return OnnxRuntimeBackend([CPU], threads)
     if name == "onnxruntime-cuda":
-        return OnnxRuntimeBackend([CUDA, CPU])
-    return OnnxRuntimeBackend([CUDA, CPU] if CUDA in available_providers() else [CPU])
+        return OnnxRuntimeBackend([CUDA, CPU], threads)
+    return OnnxRuntimeBackend([CUDA, CPU] if CUDA in available_providers() else [CPU], threads)
 
 
 def choose_backend(directory: Path, manifest: Manifest) -> tuple[str, str]:
