@@ -28,6 +28,7 @@ import numpy as np
 from .. import export as export_package
 from ..engine import manifest as manifest_module
 from ..engine.errors import BackendUnavailableError
+from ..engine.files import write_atomically
 from ..engine.manifest import Manifest
 from ..export.exporter import export_model
 from ..export.onnx import relative_max_difference
@@ -166,7 +167,7 @@ def _cached(directory: Path, make: Callable[[], Path]) -> None:
         return
     logger.info("making %s (a few minutes for the full-size model)", directory)
     make()
-    report.write_atomically(stamp, digest.hexdigest().encode())
+    write_atomically(stamp, digest.hexdigest().encode())
 
 
 def build_tensorrt_engines(engine: Path, work: Work, notes: list[str]) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..engine.files import write_atomically
 from .workers import Sample
 
 #: Stages of the record, in the order of the pipeline; "total" is end to end.
@@ -137,19 +136,6 @@ def write_report(record: dict[str, Any], output: Path) -> dict[str, Path]:
     for kind, data in contents.items():
         write_atomically(paths[kind], data)
     return paths
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _or_dash(value: float | None, template: str) -> str:

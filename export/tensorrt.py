@@ -29,9 +29,9 @@ from ..engine.backends.tensorrt import (
     engine_paths,
     require_tensorrt,
     tensorrt_logger,
-    write_atomically,
 )
 from ..engine.errors import BackendUnavailableError, EngineError
+from ..engine.files import write_atomically
 from ..engine.manifest import GRAPH_NAMES, Manifest
 from .lint import lint_export
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -35,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, EngineDirectoryError, EngineError
+from ..files import write_atomically
 from ..manifest import GRAPH_NAMES, Manifest
 from .base import Backend, Graph
 from .profiles import BuildRanges, OutOfProfileError, Shape
@@ -91,18 +90,6 @@ def engine_paths(directory: Path, graph: str) -> tuple[Path, Path]:
     """The engine file and its record."""
     folder = directory / ENGINE_DIRECTORY
     return folder / f"{graph}.engine", folder / f"{graph}.json"
-
-
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers see all of it or none."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def require_tensorrt() -> str:
