@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from ..random import TorchGenerator
 
 
+#: The ``beta_schedule`` values diffusers' schedulers share (Heun's also takes "exp").
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+#: The ``timestep_spacing`` values of Table 2 of https://huggingface.co/papers/2305.08891.
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
 class Scheduler(ABC):
     """A diffusion sampler in numpy, one instance per generation (it keeps per-run state).
 
@@ -82,6 +88,19 @@ class Scheduler(ABC):
         generator: TorchGenerator | None = None,
     ) -> np.ndarray:
         """The sample at the next timestep. ``eta`` is DDIM's; ``generator`` feeds stochastic samplers."""
+
+
+def discrete_timesteps(config: Mapping[str, Any], num_inference_steps: int) -> np.ndarray:
+    """The int64 inference timesteps, descending, for ``timestep_spacing`` as DDIM and PNDM space them."""
+    train_steps = int(config["num_train_timesteps"])
+    spacing = config["timestep_spacing"]
+    if spacing == "linspace":
+        return np.linspace(0, train_steps - 1, num_inference_steps).round()[::-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = train_steps // num_inference_steps
+        timesteps = (np.arange(num_inference_steps) * ratio).round()[::-1].astype(np.int64)
+        return timesteps + int(config["steps_offset"])
+    return np.round(np.arange(train_steps, 0, -train_steps / num_inference_steps)).astype(np.int64) - 1
 
 
 def _is_one_of(value: Any, allowed: Collection[Any]) -> bool:

@@ -9,7 +9,14 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
-from .base import Scheduler, alphas_cumprod_from_config, threshold_sample
+from .base import (
+    BETA_SCHEDULES,
+    TIMESTEP_SPACINGS,
+    Scheduler,
+    alphas_cumprod_from_config,
+    discrete_timesteps,
+    threshold_sample,
+)
 
 
 class DDIMScheduler(Scheduler):
@@ -32,9 +39,9 @@ class DDIMScheduler(Scheduler):
         "rescale_betas_zero_snr": False,
     }
     supported_values = {
-        "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+        "beta_schedule": BETA_SCHEDULES,
         "prediction_type": ("epsilon", "sample", "v_prediction"),
-        "timestep_spacing": ("leading", "trailing", "linspace"),
+        "timestep_spacing": TIMESTEP_SPACINGS,
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
@@ -48,16 +55,7 @@ class DDIMScheduler(Scheduler):
         if num_inference_steps > train_steps:
             raise ValueError(f"num_inference_steps={num_inference_steps} exceeds the {train_steps} training timesteps")
         self.num_inference_steps = num_inference_steps
-        spacing = self.config["timestep_spacing"]
-        if spacing == "linspace":
-            timesteps = np.linspace(0, train_steps - 1, num_inference_steps).round()[::-1].astype(np.int64)
-        elif spacing == "leading":
-            ratio = train_steps // num_inference_steps
-            timesteps = (np.arange(num_inference_steps) * ratio).round()[::-1].astype(np.int64)
-            timesteps += int(self.config["steps_offset"])
-        else:  # trailing
-            timesteps = np.round(np.arange(train_steps, 0, -train_steps / num_inference_steps)).astype(np.int64) - 1
-        self.timesteps = timesteps
+        self.timesteps = discrete_timesteps(self.config, num_inference_steps)
 
     def step(
         self,

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .multistep import (
-    BETA_SCHEDULES,
     F32,
     PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
     MultistepScheduler,
     dpm_coefficients,
     weighted_sum,

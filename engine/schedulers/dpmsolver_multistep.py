@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .multistep import (
-    BETA_SCHEDULES,
     PREDICTION_TYPES,
-    TIMESTEP_SPACINGS,
     MultistepScheduler,
     adopt_dpm_aliases,
     dpm_coefficients,

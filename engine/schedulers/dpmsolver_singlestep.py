@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base import BETA_SCHEDULES
 from .multistep import (
-    BETA_SCHEDULES,
     PREDICTION_TYPES,
     MultistepScheduler,
     adopt_dpm_aliases,

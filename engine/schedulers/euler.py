@@ -8,9 +8,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .sigmas import (
-    BETA_SCHEDULES,
-    TIMESTEP_SPACINGS,
     WITHOUT_BETA_SIGMAS,
     SigmaScheduler,
     converted_sigmas,

@@ -10,9 +10,8 @@ from numpy.polynomial import Polynomial
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from .sigmas import (
-    BETA_SCHEDULES,
-    TIMESTEP_SPACINGS,
     WITHOUT_BETA_SIGMAS,
     SigmaScheduler,
     converted_sigmas,

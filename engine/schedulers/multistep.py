@@ -25,10 +25,7 @@ if TYPE_CHECKING:
     from ..random import TorchGenerator
 
 F32 = np.float32
-#: diffusers' beta schedules (its "exp" is Heun's only).
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
 def f32_exp(x: np.float32) -> np.float32:

@@ -13,8 +13,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
-from .base import Scheduler
-from .sigmas import BETA_SCHEDULES, TIMESTEP_SPACINGS, train_alphas_cumprod
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS, Scheduler, discrete_timesteps
+from .sigmas import train_alphas_cumprod
 
 #: The order of the multistep method; the Runge-Kutta warm-up covers the last (earliest) this many timesteps.
 _PNDM_ORDER = 4
@@ -58,7 +58,7 @@ class PNDMScheduler(Scheduler):
     def set_timesteps(self, num_inference_steps: int) -> None:
         """The Runge-Kutta timesteps (each step's start, midpoint twice and end) then the PLMS ones, descending.
 
-        The arithmetic (and float64 for ``leading``) is diffusers'; the listed timesteps are int64 as there.
+        The listed timesteps are int64, as diffusers lists them.
         """
         skip_prk = self.config["skip_prk_steps"]
         if not skip_prk and num_inference_steps < _PNDM_ORDER:
@@ -68,17 +68,7 @@ class PNDMScheduler(Scheduler):
             )
         self.num_inference_steps = num_inference_steps
         train_steps = int(self.config["num_train_timesteps"])
-        spacing = self.config["timestep_spacing"]
-        timesteps: np.ndarray
-        if spacing == "linspace":
-            timesteps = np.linspace(0, train_steps - 1, num_inference_steps).round().astype(np.int64)
-        elif spacing == "leading":
-            ratio = train_steps // num_inference_steps
-            timesteps = (np.arange(0, num_inference_steps) * ratio).round() + self.config["steps_offset"]
-        else:  # trailing
-            ratio_f = train_steps / num_inference_steps
-            timesteps = np.round(np.arange(train_steps, 0, -ratio_f))[::-1].astype(np.int64) - 1
-
+        timesteps = discrete_timesteps(self.config, num_inference_steps)[::-1]  # ascending, as diffusers builds them
         if skip_prk:
             self.prk_timesteps = np.array([], dtype=np.int64)
             plms = np.concatenate([timesteps[:-1], timesteps[-2:-1], timesteps[-1:]])[::-1]

@@ -19,9 +19,6 @@ from .base import Scheduler, _linspace_f32, alphas_cumprod_from_config
 
 #: The config keys that replace the interpolated sigmas, at most one of which may be set.
 SIGMA_CONVERSIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-#: The ``beta_schedule`` and ``timestep_spacing`` values these schedulers take (Heun adds "exp").
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 #: ``use_beta_sigmas`` needs scipy's beta distribution, which the runtime does without; None reads as False.
 WITHOUT_BETA_SIGMAS = (False, None)
 #: The smallest positive fp16 subnormal: diffusers' stand-in for a zero terminal ``alphas_cumprod``.

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .multistep import BETA_SCHEDULES, F32, PREDICTION_TYPES, TIMESTEP_SPACINGS, MultistepScheduler, f32_expm1
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
+from .multistep import F32, PREDICTION_TYPES, MultistepScheduler, f32_expm1
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
