@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from .onnx import EXTERNAL_DATA_THRESHOLD, ExportError, relative_max_difference
+from .onnx import ExportError, relative_max_difference, save_graph
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def convert_to_fp16(path: Path, name: str) -> None:
     fp32 = onnx.load(str(path))
     feeds = _verification_feeds(fp32)
     (expected,) = _run(path, feeds)
-    _save(mixed_precision(fp32), path)
+    save_graph(mixed_precision(fp32), path)
     (actual,) = _run(path, feeds)
     if not np.isfinite(actual).all():
         raise ExportError(f"{name}: the fp16 graph produces NaN or infinity; export with --fp32 {name}")
@@ -202,13 +202,3 @@ def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return list(session.run(None, feeds))
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Weights inline, or in ``<name>.data`` beside the graph over the size protobuf can hold (as the export)."""
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    else:
-        onnx.save_model(model, str(path))

@@ -260,10 +260,18 @@ def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, i
             do_constant_folding=True,
         )
     model = onnx.load(str(path))
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:  # small graphs stay as torch wrote them
+        save_graph(model, path)
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Weights inline, or in ``<name>.data`` beside the graph over the size protobuf can hold."""
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
     if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
-        )
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    else:
+        onnx.save_model(model, str(path))
 
 
 def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch.Tensor], io: GraphIO) -> None:
