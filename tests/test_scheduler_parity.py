@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -17,6 +18,33 @@ LENGTH = 0.5  # seconds: a short clip keeps 50-step runs fast; its latent height
 SEED = 11
 
 _engines: dict[tuple[str, str], Engine] = {}
+
+
+#: The schedulers AudioLDM users pick (issue 3), each registered under diffusers' class name.
+NAMES = (
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_defaults_are_diffusers(name: str) -> None:
+    """Every config key diffusers' class takes, with diffusers' default: the input users already have."""
+    import diffusers
+
+    parameters = inspect.signature(getattr(diffusers, name).__init__).parameters
+    expected = {key: p.default for key, p in parameters.items() if key != "self"}
+    assert SCHEDULERS[name].name == name
+    assert SCHEDULERS[name].config_defaults == expected
 
 
 def _cases() -> list[tuple[str, str]]:
