@@ -18,7 +18,8 @@ from typing import Any
 from .errors import EngineDirectoryError
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+#: 2: the fused-attention graphs ONNX Runtime runs (``onnxruntime_file``) and the activation sizes.
+FORMAT_VERSION = 2
 #: The graphs of an export, in pipeline order.
 GRAPH_NAMES = ("text_encoder", "unet", "vae_decoder", "vocoder")
 
@@ -33,10 +34,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
+    #: The graph TensorRT builds from, with attention in the standard pattern TensorRT fuses.
     file: str
     precision: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: The most bytes of intermediate tensors alive at once, per batch item and latent row, in the graph ONNX
+    #: Runtime runs (0 for the text encoder, whose tensors do not grow with the audio): what ``memory.py`` scales.
+    activation_bytes_per_row: float
+    #: The graph ONNX Runtime runs: ``file``, or for a network with attention its form with ONNX Runtime's fused
+    #: attention operator, in memory linear in the tokens (see ``audioldm_trt.export.attention``).
+    onnxruntime_file: str
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,8 @@ class Manifest:
                         precision=g["precision"],
                         inputs={k: TensorSpec(**v) for k, v in g["inputs"].items()},
                         outputs={k: TensorSpec(**v) for k, v in g["outputs"].items()},
+                        activation_bytes_per_row=float(g["activation_bytes_per_row"]),
+                        onnxruntime_file=g["onnxruntime_file"],
                     )
                     for name, g in data["graphs"].items()
                 },

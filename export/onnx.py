@@ -8,6 +8,7 @@ the graph fails the export, naming the graph, instead of giving wrong audio late
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,10 @@ import numpy as np
 import onnx
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from onnx import external_data_helper, numpy_helper
 from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
+
+from .attention import CONTRIB_DOMAIN, CONTRIB_OPSET, fused_attention
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,12 @@ OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Relative max difference allowed between the fp32 graph and PyTorch at the verification shapes.
 FP32_TOLERANCE = 1e-4
+#: Tensors from this size up go to the weights file that graphs share; smaller ones stay in the graph.
+SHARED_TENSOR_BYTES = 1024
+#: Offsets of tensors in a shared weights file are multiples of the page size, so ONNX Runtime can map them.
+SHARED_TENSOR_ALIGNMENT = 4096
+#: Metadata key of the graphs that share a weights file: the file's sha256.
+WEIGHTS_SHA256_KEY = "audioldm_trt.weights_sha256"
 
 
 class ExportError(RuntimeError):
@@ -164,8 +174,11 @@ def _token_inputs(batch: int, tokens: int, vocab: int, padded: bool = True) -> t
     return ids, mask
 
 
-def export_unet(unet: UNet2DConditionModel, path: Path, latent_width: int, embedding_dim: int) -> GraphIO:
-    """sample (batch, C, H, W), timestep (batch,), class_labels (batch, D) -> noise prediction.
+def export_unet(
+    unet: UNet2DConditionModel, path: Path, latent_width: int, embedding_dim: int, fused: bool = False
+) -> GraphIO:
+    """sample (batch, C, H, W), timestep (batch,), class_labels (batch, D) -> noise prediction; ``fused``: the
+    attention as MultiHeadAttention (``attention.py``), checked against diffusers' own attention.
 
     diffusers up-samples to the skip connection's size only when H or W is not a multiple of the UNet's
     total down-sampling, a Python branch a trace freezes. Tracing at such a height puts the general form
@@ -190,14 +203,15 @@ def export_unet(unet: UNet2DConditionModel, path: Path, latent_width: int, embed
             torch.nn.functional.normalize(torch.randn(batch, embedding_dim, generator=generator), dim=-1),
         )
 
-    _export(module, inputs(2, 3 * factor + 1), path, io)
+    _export(module, inputs(2, 3 * factor + 1), path, io, fused)
     _verify(module, path, "unet", inputs(3, 2 * factor), io)
     _verify(module, path, "unet", inputs(1, 5 * factor - 3), io)
     return io
 
 
-def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int) -> GraphIO:
-    """latents (batch, C, H, W), already divided by the scaling factor -> mel (batch, 1, H*f, W*f)."""
+def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int, fused: bool = False) -> GraphIO:
+    """latents (batch, C, H, W), already divided by the scaling factor -> mel (batch, 1, H*f, W*f); ``fused`` as
+    for the UNet."""
     channels = vae.config.latent_channels
     io = GraphIO(
         inputs={"latents": ("float32", ["batch", channels, "height", latent_width])},
@@ -208,7 +222,7 @@ def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int) -> Gra
     def inputs(batch: int, height: int) -> tuple[torch.Tensor]:
         return (torch.randn(batch, channels, height, latent_width, generator=torch.Generator().manual_seed(height)),)
 
-    _export(module, inputs(1, 13), path, io)
+    _export(module, inputs(1, 13), path, io, fused)
     _verify(module, path, "vae_decoder", inputs(2, 20), io)
     return io
 
@@ -241,13 +255,17 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO) -> None:
-    """Trace ``module`` to ``path`` with the symbolic axes of ``io``; weights inline, or external over 2 GB."""
+def _export(
+    module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO, fused: bool = False
+) -> None:
+    """Trace ``module`` to ``path`` with the symbolic axes of ``io``; weights inline, or external over 2 GB.
+    ``fused``: with its attention layers traced as MultiHeadAttention."""
     dynamic_axes = {
         name: {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
         for name, (_, shape) in {**io.inputs, **io.outputs}.items()
     }
-    with torch.no_grad(), _quiet_tracing():
+    tracing = fused_attention(module) if fused else contextlib.nullcontext()
+    with torch.no_grad(), _quiet_tracing(), tracing:
         torch.onnx.export(
             module,
             tuple(args),
@@ -258,6 +276,7 @@ def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, i
             dynamic_axes=dynamic_axes,
             opset_version=OPSET,
             do_constant_folding=True,
+            custom_opsets={CONTRIB_DOMAIN: CONTRIB_OPSET} if fused else None,
         )
     model = onnx.load(str(path))
     if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:  # small graphs stay as torch wrote them
@@ -271,6 +290,41 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
     if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     else:
+        onnx.save_model(model, str(path))
+
+
+def share_weights(paths: Sequence[Path], data: Path) -> None:
+    """Move the weights of the graphs at ``paths`` into the one file ``data`` beside them, each distinct tensor
+    once: two forms of a network hold the same weights, under names that differ from trace to trace.
+
+    Each graph records the sha256 of ``data`` in its metadata (``WEIGHTS_SHA256_KEY``), so that the digest of
+    the graph file, which TensorRT engine records keep, changes with the weights."""
+    offsets: dict[tuple[int, tuple[int, ...], bytes], int] = {}
+    digest = hashlib.sha256()
+    models = []
+    with open(data, "wb") as stream:
+        for path in paths:
+            model = onnx.load(str(path))
+            for tensor in model.graph.initializer:
+                if not tensor.HasField("raw_data"):
+                    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+                raw = tensor.raw_data
+                if len(raw) < SHARED_TENSOR_BYTES:
+                    continue
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
+                if key not in offsets:
+                    padding = b"\0" * (-stream.tell() % SHARED_TENSOR_ALIGNMENT)
+                    for chunk in (padding, raw):
+                        stream.write(chunk)
+                        digest.update(chunk)
+                    offsets[key] = stream.tell() - len(raw)
+                external_data_helper.set_external_data(tensor, data.name, offsets[key], len(raw))
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+            models.append(model)
+    for path, model in zip(paths, models, strict=True):
+        onnx.helper.set_model_props(model, {WEIGHTS_SHA256_KEY: digest.hexdigest()})
+        path.with_name(path.name + ".data").unlink(missing_ok=True)
         onnx.save_model(model, str(path))
 
 

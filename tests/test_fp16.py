@@ -80,7 +80,8 @@ def test_export_check_refuses_non_finite_fp16(
 ) -> None:
     """ONNX Runtime CPU keeps activations in fp32, so an overflow is simulated: the fp16 run returns infinity."""
     path = tmp_path / "unet.onnx"
-    shutil.copyfile(tiny.export / "unet.onnx", path)
+    for name in ("unet.onnx", "unet.data"):  # the graph and its weights file
+        shutil.copyfile(tiny.export / name, tmp_path / name)
     runs = iter([[np.ones((2, 4), np.float32)], [np.full((2, 4), np.inf, np.float32)]])
     monkeypatch.setattr("audioldm_trt.export.fp16._run", lambda path, feeds: next(runs))
     with pytest.raises(ExportError, match="NaN or infinity; export with --fp32 unet"):
