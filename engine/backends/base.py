@@ -36,6 +36,9 @@ class Backend(ABC):
     def describe(self) -> str:
         """What it runs on, for the log line that says which backend an engine uses."""
 
+    def close(self) -> None:  # noqa: B027 - backends that hold nothing beyond their graphs' lifetime
+        """Release what the backend holds (sessions, GPU memory); its graphs cannot run afterwards."""
+
     def check_workload(self, batch: int, latent_height: int) -> None:  # noqa: B027 - most backends take any size
         """Raise ValueError if a generation of ``batch`` waveforms of ``latent_height`` latent rows cannot run
         (TensorRT engines are built for ranges); called before any graph runs."""
