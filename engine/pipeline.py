@@ -18,13 +18,17 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, Graph, create_backend
-from .errors import NonFiniteOutputError
+from .backends.base import Link
+from .errors import EngineError, NonFiniteOutputError
 from .manifest import GRAPH_NAMES, Manifest
 from .random import TorchGenerator, fresh_seed
 from .schedulers import Scheduler, scheduler_class
 from .tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
+
+#: The VAE's mel (batch, 1, frames, bins) is the vocoder's input (batch, frames, bins): on a GPU it stays there.
+MEL = Link("mel", "mel", squeeze=1)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,18 @@ class Engine:
             scheduler_type.name,
         )
         return engine
+
+    def close(self) -> None:
+        """Free the sessions and the GPU memory now (hosts that must free the GPU; else the garbage collector
+        does it). Calls after it raise EngineError; closing again does nothing."""
+        self._graphs = {}
+        self.backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def sampling_rate(self) -> int:
@@ -234,6 +250,7 @@ class Engine:
                 sample=np.ascontiguousarray(model_input, dtype=np.float32),
                 timestep=np.full(len(model_input), t, dtype=np.float32),
                 class_labels=embeddings,
+                reuse=("class_labels",),
             )
             timings["unet"] += time.perf_counter() - unet_clock
             unet_calls += 1
@@ -247,12 +264,8 @@ class Engine:
             bar.close()
         timings["scheduler"] = time.perf_counter() - clock - timings["unet"]
 
-        clock = time.perf_counter()
-        mel = self._run("vae_decoder", latents=latents * np.float32(1 / model.vae_scaling_factor))
-        timings["vae_decoder"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        waveform = self._run("vocoder", mel=mel[:, 0])
-        timings["vocoder"] = time.perf_counter() - clock
+        waveform, seconds = self._decode(latents * np.float32(1 / model.vae_scaling_factor))
+        timings.update(seconds)
         audio = np.ascontiguousarray(waveform[:, : model.waveform_length(length)], dtype=np.float32)
         timings["total"] = time.perf_counter() - started
         return Generation(audio=audio, seed=seed, timings=timings, unet_calls=unet_calls)
@@ -275,14 +288,32 @@ class Engine:
         embeddings = self._run("text_encoder", input_ids=ids, attention_mask=mask)
         return embeddings[: len(prompts)], embeddings[len(prompts) :]
 
-    def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
+    def _run(self, graph: str, reuse: tuple[str, ...] = (), **feeds: np.ndarray) -> np.ndarray:
         """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here)."""
-        (output,) = self._graphs[graph].run(feeds).values()
+        if not self._graphs:
+            raise EngineError("this Engine was closed: load it again")
+        (output,) = self._graphs[graph].run(feeds, reuse).values()
         if not np.isfinite(output).all():
-            precision = self.manifest.graphs[graph].precision
-            hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
-            raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
+            self._non_finite(graph)
         return output
+
+    def _decode(self, latents: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Waveforms of scaled latents through the VAE decoder and the vocoder in one chained call, and the
+        seconds of each. A NaN/inf waveform runs the VAE decoder alone to name the stage it came from."""
+        if not self._graphs:
+            raise EngineError("this Engine was closed: load it again")
+        decoder = self.backend.chain(self._graphs["vae_decoder"], self._graphs["vocoder"], MEL)
+        outputs, seconds = decoder.run_timed({"latents": latents})
+        (waveform,) = outputs.values()
+        if not np.isfinite(waveform).all():
+            self._run("vae_decoder", latents=latents)
+            self._non_finite("vocoder")
+        return waveform, seconds
+
+    def _non_finite(self, graph: str) -> None:
+        precision = self.manifest.graphs[graph].precision
+        hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
+        raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
 
 
 def _prompt_list(prompt: str | Sequence[str], name: str) -> list[str]:
