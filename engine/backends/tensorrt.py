@@ -370,6 +370,8 @@ class _Held:
 
         attempt(self.stream.synchronize)
         for engine in self.engines:
+            attempt(engine.release_graphs)
+        for engine in self.engines:
             attempt(engine.release_contexts)
         for engine in self.engines:
             engine.engine = None
@@ -396,10 +398,13 @@ class _Context:
     plain: bool = False
     scratch: int | None = None
 
-    def release(self) -> None:
+    def release_graph(self) -> None:
         if self.graph is not None:
             self.graph.close()
             self.graph = None
+
+    def release(self) -> None:
+        self.release_graph()
         self.context = None
 
 
@@ -411,6 +416,10 @@ class _EngineObjects:
     contexts: OrderedDict[tuple[Shape, ...], _Context] = field(default_factory=OrderedDict)
     device: dict[str, DeviceBuffer] = field(default_factory=dict)
     host: dict[str, PinnedBuffer] = field(default_factory=dict)
+
+    def release_graphs(self) -> None:
+        for context in self.contexts.values():
+            context.release_graph()
 
     def release_contexts(self) -> None:
         while self.contexts:
@@ -543,9 +552,7 @@ class TensorRTGraph(Graph):
         if context.scratch != pointer:
             context.context.set_device_memory(pointer, size)
             context.scratch = pointer
-            if context.graph is not None:  # it holds the old pointer
-                context.graph.close()
-                context.graph = None
+            context.release_graph()  # it holds the old pointer
         if context.graph is not None:
             context.graph.launch(self._session.stream)
             return
