@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, Graph, create_backend
+from .backends.base import Link
 from .denoising import Denoising
 from .errors import EngineError, NonFiniteOutputError
 from .manifest import GRAPH_NAMES, Manifest
@@ -25,6 +26,9 @@ from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_li
 from .tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
+
+#: The VAE's mel (batch, 1, frames, bins) is the vocoder's input (batch, frames, bins): on a GPU it stays there.
+MEL = Link("mel", "mel", squeeze=1)
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ class Engine:
             sample=np.ascontiguousarray(_joined([sample for sample, _ in inputs]), dtype=np.float32),
             timestep=_joined([timestep for _, timestep in inputs]),
             class_labels=_joined([state.class_labels for state in states]),
+            reuse=("class_labels",),
         )
         unet_seconds = time.perf_counter() - unet_clock
         offset = 0
@@ -292,28 +297,23 @@ class Engine:
         """The audio of finished ``states`` (one latent height): one VAE decoder and one vocoder call for all."""
         _check_batch(states, "decode", done=True)
         model = self.manifest.model
-        clock = time.perf_counter()
         latents = _joined([state.latents for state in states]) * np.float32(1 / model.vae_scaling_factor)
-        mel = self._run("vae_decoder", latents=latents)
-        vae_seconds = time.perf_counter() - clock
-        clock = time.perf_counter()
-        waveform = self._run("vocoder", mel=mel[:, 0])
-        vocoder_seconds = time.perf_counter() - clock
+        waveform, seconds = self._decode(latents)
         generations = []
         offset = 0
         for state in states:
             request = state.request
             rows = waveform[offset : offset + request.waveforms, : model.waveform_length(request.audio_length_in_s)]
             offset += request.waveforms
-            timings = state.timings | {"vae_decoder": vae_seconds, "vocoder": vocoder_seconds}
+            timings = state.timings | seconds
             timings["total"] = time.perf_counter() - state.started
             audio = np.ascontiguousarray(rows, dtype=np.float32)
             generations.append(Generation(audio=audio, seed=request.seed, timings=timings, unet_calls=state.calls_done))
         return generations
 
     def close(self) -> None:
-        """Free the graphs and the backend (sessions, GPU memory) now rather than when the engine is collected;
-        the engine cannot run afterwards."""
+        """Free the sessions and the GPU memory now (hosts that must free the GPU; else the garbage collector
+        does it). Calls after it raise EngineError; closing again does nothing."""
         self._graphs = {}
         self.backend.close()
 
@@ -343,16 +343,35 @@ class Engine:
         embeddings = self._run("text_encoder", input_ids=ids, attention_mask=mask)
         return embeddings[: len(prompts)], embeddings[len(prompts) :]
 
-    def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
-        """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here)."""
-        if not self._graphs:
-            raise EngineError("the engine is closed")
-        (output,) = self._graphs[graph].run(feeds).values()
+    def _run(self, graph: str, reuse: tuple[str, ...] = (), **feeds: np.ndarray) -> np.ndarray:
+        """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here).
+        ``reuse`` names inputs a backend may keep on its device while they are unchanged."""
+        (output,) = self._graph(graph).run(feeds, reuse).values()
         if not np.isfinite(output).all():
-            precision = self.manifest.graphs[graph].precision
-            hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
-            raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
+            self._non_finite(graph)
         return output
+
+    def _decode(self, latents: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Waveforms of scaled latents through the VAE decoder and the vocoder in one chained call (on a GPU the
+        mel stays there), and the seconds of each. A NaN/inf waveform runs the VAE decoder alone to name the
+        stage it came from."""
+        decoder = self.backend.chain(self._graph("vae_decoder"), self._graph("vocoder"), MEL)
+        outputs, seconds = decoder.run_timed({"latents": latents})
+        (waveform,) = outputs.values()
+        if not np.isfinite(waveform).all():
+            self._run("vae_decoder", latents=latents)
+            self._non_finite("vocoder")
+        return waveform, seconds
+
+    def _graph(self, name: str) -> Graph:
+        if not self._graphs:
+            raise EngineError("this Engine was closed: load it again")
+        return self._graphs[name]
+
+    def _non_finite(self, graph: str) -> None:
+        precision = self.manifest.graphs[graph].precision
+        hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
+        raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
 
 
 def _check_batch(states: Sequence[Denoising], call: str, done: bool) -> None:

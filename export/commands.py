@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.cli import UsageError, import_extra, seed_value
+from ..engine.cli import UsageError, import_extra, positive_int, seed_value
 
 
 def add_commands(
@@ -36,6 +36,13 @@ def add_commands(
         "--duration",
         metavar="MIN:OPT:MAX",
         help="seconds of audio the engines take (default: the model's shortest : its default : twice its default)",
+    )
+    build.add_argument(
+        "--requests",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="generations a server batches into one call (serve --max-batch): every batch maximum times N (default 1)",
     )
     build.add_argument("--workspace", metavar="SIZE", help="TensorRT scratch memory cap, e.g. 4G (default: TensorRT's)")
     build.add_argument("--force", action="store_true", help="rebuild engines that are up to date")
@@ -79,6 +86,7 @@ def _build(args: argparse.Namespace) -> None:
         workspace=tensorrt.parse_size(args.workspace) if args.workspace else None,
         force=args.force,
         progress=not args.quiet,
+        requests=args.requests,
     )
     for path in written:
         print(f"wrote {path}")

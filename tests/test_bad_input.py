@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,9 @@ class _CountingGraph(Graph):
         super().__init__(graph.name)
         self._graph = graph
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         _CountingGraph.calls += 1
-        return self._graph.run(feeds)
+        return self._graph.run(feeds, reuse)
 
 
 @pytest.mark.parametrize(

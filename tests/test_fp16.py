@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ def test_export_check_refuses_non_finite_fp16(
 
 
 class _NaNGraph(Graph):
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         return {"noise_pred": np.full_like(feeds["sample"], np.nan)}
 
 
