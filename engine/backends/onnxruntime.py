@@ -92,6 +92,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {missing[0]} (it has {', '.join(onnxruntime.get_available_providers())})"
             )
+        if CUDA in providers and hasattr(onnxruntime, "preload_dlls"):
+            # The CUDA and cuDNN libraries of pip's nvidia-* packages (onnxruntime-gpu[cuda,cudnn], or torch's)
+            # are not on the loader's path; ONNX Runtime's own helper loads them (a no-op where already loaded).
+            onnxruntime.preload_dlls()
         self._ort = onnxruntime
         self.providers = list(providers)
         self.threads = threads
