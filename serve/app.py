@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import RequestCancelledError
+from ray.serve.exceptions import DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from audioldm_trt.engine import Engine
@@ -210,7 +210,7 @@ class Call:
         except asyncio.CancelledError:
             self.response.cancel()  # type: ignore[no-untyped-call]
             raise
-        except (RayActorError, RequestCancelledError) as error:
+        except (RayActorError, RequestCancelledError, DeploymentUnavailableError) as error:
             logger.warning("engine replica lost during a request: %s", first_line(error))
             raise Refusal(503, "the engine replica serving this request stopped; retry") from None
         except Exception as error:
@@ -374,7 +374,7 @@ class Ingress:
             answers = await self._replicas.broadcast("status", metrics).results_async(
                 timeout_s=STATUS_TIMEOUT_SECONDS, return_exceptions=True
             )
-        except TimeoutError:
+        except (TimeoutError, DeploymentUnavailableError):  # none answers in time; none is running
             answers = []
         statuses = [a for a in answers if isinstance(a, dict)]
         self.metrics.replicas_ready.set(len(statuses))

@@ -5,6 +5,7 @@ example that `serve deploy` takes."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,11 +48,13 @@ def server(
 ) -> Iterator[tuple[Server, dict[str, Answer]]]:
     """The server, and what it answered while its engine replicas could not start (their CPUs taken)."""
     import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     directory = tmp_path_factory.mktemp("serve-cluster")
     (directory / "api-key").write_text(KEY + "\n")
-    blocker = ray.remote(num_cpus=2)(Blocker).remote()
-    ray.get(blocker.ready.remote())
+    # The cluster's 2 CPUs reserved: the engine replicas (1 CPU each) wait for them, as for a node to join.
+    reserved = placement_group([{"CPU": 2}])
+    ray.get(reserved.ready())
     server = Server(
         directory / "server.log",
         *("--engine", str(tiny.export), "--ray-address", cluster, "--replicas", "2", "--batching", "request"),
@@ -61,19 +64,12 @@ def server(
         early = wait_for_ingress(server)
         early["generate"] = server.post({"prompt": "too early"}, AUTHORIZED)
         early["readyz"] = server.get("/readyz")
-        ray.kill(blocker)
+        remove_placement_group(reserved)
         server.wait_serving()
         yield server, early
     finally:
         server.stop()
     assert server.process.returncode == 0, server.output()[-3000:]
-
-
-class Blocker:
-    """Holds the cluster's CPUs, so that the engine replicas wait for them."""
-
-    def ready(self) -> bool:
-        return True
 
 
 def wait_for_ingress(server: Server) -> dict[str, Answer]:
@@ -85,8 +81,6 @@ def wait_for_ingress(server: Server) -> dict[str, Answer]:
         if healthz is not None and healthz.status == 200:
             return {"healthz": healthz}
         assert server.process.poll() is None, server.output()[-3000:]
-        import time
-
         time.sleep(0.5)
     pytest.fail(f"the ingress did not come up:\n{server.output()[-3000:]}")
 
