@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from audioldm_trt.engine.backends import BACKENDS
-from audioldm_trt.engine.cli import UsageError, positive_float, positive_int
-from audioldm_trt.engine.errors import EngineError
+from audioldm_trt.engine.cli import UsageError, import_extra, non_negative_int, positive_float, positive_int
 from audioldm_trt.engine.manifest import Manifest
 
 from .policy import POLICIES
@@ -30,37 +29,64 @@ APP_NAME = "audioldm-trt"
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
 
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     serve = commands.add_parser(
         "serve", parents=[common], help="serve the HTTP API on Ray Serve (needs the serve extra)"
     )
-    serve.add_argument("--engine", required=True, type=Path, help="directory written by `audioldm-trt export`")
     serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+        "--engine", metavar="DIR", required=True, type=Path, help="directory written by `audioldm-trt export`"
     )
-    serve.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
-    serve.add_argument("--replicas", type=positive_int, default=1, help="engine replicas, each with its own engine")
+    serve.add_argument(
+        "--host",
+        metavar="HOST",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    serve.add_argument("--port", metavar="N", type=positive_int, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--replicas", metavar="N", type=positive_int, default=1, help="engine replicas, each with its own engine"
+    )
     serve.add_argument(
         "--max-batch",
+        metavar="N",
         type=positive_int,
         default=8,
         help="requests per UNet call and waveforms per request (default 8)",
     )
     serve.add_argument(
         "--max-queue",
+        metavar="N",
         type=non_negative_int,
         default=32,
         help="requests a replica holds beyond --max-batch; past that, 429 (default 32)",
     )
     serve.add_argument(
-        "--request-timeout", type=positive_float, default=300.0, help="seconds before a request gets 504 (default 300)"
+        "--request-timeout",
+        metavar="S",
+        type=positive_float,
+        default=300.0,
+        help="seconds before a request gets 504 (default 300)",
     )
-    serve.add_argument("--max-duration", type=positive_float, help="longest audio in seconds (default: the engines')")
-    serve.add_argument("--max-steps", type=positive_int, default=200, help="most denoising steps (default 200)")
-    serve.add_argument("--api-key-file", type=Path, help="file holding the key: clients send Authorization: Bearer KEY")
-    serve.add_argument("--ray-address", help="deploy onto this Ray cluster (or set RAY_ADDRESS) instead of a local one")
-    serve.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
-    serve.add_argument("--threads", type=positive_int, help="ONNX Runtime threads per call in each replica")
+    serve.add_argument(
+        "--max-duration", metavar="S", type=positive_float, help="longest audio in seconds (default: the engines')"
+    )
+    serve.add_argument(
+        "--max-steps", metavar="N", type=positive_int, default=200, help="most denoising steps (default 200)"
+    )
+    serve.add_argument(
+        "--api-key-file", metavar="F", type=Path, help="file holding the key: clients send Authorization: Bearer KEY"
+    )
+    serve.add_argument(
+        "--ray-address", metavar="ADDR", help="deploy onto this Ray cluster (or set RAY_ADDRESS) instead of a local one"
+    )
+    serve.add_argument(
+        "--backend", metavar="B", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)"
+    )
+    serve.add_argument(
+        "--threads", metavar="N", type=positive_int, help="ONNX Runtime threads per call in each replica"
+    )
     serve.add_argument(
         "--batching",
         choices=("step", "request", "none"),
@@ -78,21 +104,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.set_defaults(handler=run)
 
 
-def non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
-
-
 def run(args: argparse.Namespace) -> None:
     """Deploy, print where it listens, serve until SIGINT or SIGTERM, then take the application down."""
     settings = _settings(args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-        from ray import serve
-
-        from .app import build_app
-    except ImportError as error:
-        raise EngineError(f"{error.name} is not installed: pip install 'audioldm-trt[serve]'") from None
+    ray = import_extra("ray", "serve")
+    serve = import_extra("ray.serve", "serve")
+    build_app = import_extra("audioldm_trt.serve.app", "serve").build_app
 
     address = args.ray_address or os.environ.get("RAY_ADDRESS")
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
@@ -105,8 +123,7 @@ def run(args: argparse.Namespace) -> None:
         _start_local_ray(ray, max(os.cpu_count() or 1, settings.replicas), level)
     stop = threading.Event()
     try:
-        gpus = ray.cluster_resources().get("GPU", 0.0)  # type: ignore[no-untyped-call]
-        settings = _with_gpu_share(settings, gpus)
+        settings = _with_gpu_share(settings, ray.cluster_resources().get("GPU", 0.0))
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": level})
         print(f"loading {args.engine} on {settings.replicas} replica(s) ...", flush=True)
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config={"log_level": level})
@@ -118,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
         if address:
             serve.delete(APP_NAME)
         else:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            serve.shutdown()
         ray.shutdown()
     print("stopped", flush=True)
 

@@ -73,16 +73,22 @@ class Job:
         self.notify = notify
         self.admitted = time.perf_counter()
         self.first_call: float | None = None
+        #: Set when the loop starts the request (its text encoding and initial noise).
         self.state: Denoising | None = None
         self.cancelled = False
 
-    def candidate(self) -> Candidate:
+    @property
+    def started(self) -> Denoising:
+        """The loop state of a started request."""
         assert self.state is not None
+        return self.state
+
+    def candidate(self) -> Candidate:
         return Candidate(
             id=self.id,
             latent_height=self.request.latent_height,
             rows=self.request.unet_rows,
-            remaining_calls=self.state.remaining_calls,
+            remaining_calls=self.started.remaining_calls,
             total_calls=self.request.unet_calls,
         )
 
@@ -90,10 +96,18 @@ class Job:
 class StepLoop:
     """The loop thread of one replica. ``submit`` and ``cancel`` may be called from any thread."""
 
-    def __init__(self, engine: Engine, policy: Policy, on_call: Callable[[CallRecord], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        on_call: Callable[[CallRecord], None] | None = None,
+        max_decode_waveforms: int | None = None,
+    ) -> None:
+        """``max_decode_waveforms``: the most waveforms one VAE/vocoder call may take (TensorRT's profiles)."""
         self._engine = engine
         self._policy = policy
         self._on_call = on_call
+        self._max_decode_waveforms = max_decode_waveforms
         self._wake = threading.Condition()
         self._inbox: list[Job] = []
         self._running: dict[int, Job] = {}
@@ -156,18 +170,17 @@ class StepLoop:
         if not chosen:
             return
         clock = time.perf_counter()
-        if not self._guarded(chosen, lambda: self._engine.step([job.state for job in chosen])):
+        if not self._guarded(chosen, lambda: self._engine.step([job.started for job in chosen])):
             return
         if self._on_call is not None:
             rows = sum(job.request.unet_rows for job in chosen)
             self._on_call(CallRecord(len(chosen), rows, time.perf_counter() - clock))
         for job in chosen:
-            assert job.state is not None
             job.first_call = job.first_call or clock
-            job.notify(Progress(job.state.calls_done, job.request.unet_calls))
-        finished = [job for job in chosen if job.state is not None and job.state.done]
-        if finished:
-            self._decode(finished)
+            job.notify(Progress(job.started.calls_done, job.request.unet_calls))
+        finished = [job for job in chosen if job.started.done]
+        for group in self._decode_groups(finished):
+            self._decode(group)
 
     def _dropped(self, job: Job) -> bool:
         if job.cancelled:
@@ -183,9 +196,22 @@ class StepLoop:
                 job.state = state
                 self._running[job.id] = job
 
+    def _decode_groups(self, jobs: list[Job]) -> list[list[Job]]:
+        """The finished jobs in as few decoder calls as the waveform limit allows."""
+        groups: list[list[Job]] = []
+        size = 0
+        for job in jobs:
+            waveforms = job.request.waveforms
+            if not groups or (self._max_decode_waveforms is not None and size + waveforms > self._max_decode_waveforms):
+                groups.append([])
+                size = 0
+            groups[-1].append(job)
+            size += waveforms
+        return groups
+
     def _decode(self, jobs: list[Job]) -> None:
         generations: list[Generation] = []
-        done = self._guarded(jobs, lambda: generations.extend(self._engine.decode([job.state for job in jobs])))
+        done = self._guarded(jobs, lambda: generations.extend(self._engine.decode([job.started for job in jobs])))
         for job in jobs:
             self._running.pop(job.id, None)
         if done:
