@@ -13,6 +13,7 @@ cancels the ingress's handler and the replica's ``generate`` with it, and the re
 request at its next iteration. ``build_app`` is the entry point of a Ray Serve config file.
 """
 
+# No ``from __future__ import annotations``: FastAPI reads the route methods' annotations at run time.
 import asyncio
 import hmac
 import json
@@ -34,7 +35,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from audioldm_trt.engine import Engine
+from audioldm_trt.engine import Engine, GenerationRequest
 from audioldm_trt.engine.tokenizer import PromptTokenizer
 
 from .api import (
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 READINESS_TTL_SECONDS = 1.0
 #: How long a look at the replicas (readiness, metrics) may take before a replica counts as not answering.
 STATUS_TIMEOUT_SECONDS = 5.0
-#: The sentence the request-level batcher waits for more requests before it starts a batch.
+#: Seconds the request-level batcher waits for more requests before it starts a batch.
 REQUEST_BATCH_WAIT_SECONDS = 0.05
 
 app = FastAPI(
@@ -237,8 +238,8 @@ class Call:
 
 
 class Admission:
-    """A request the ingress answers: counted in flight from admission (or at once, for a refusal) until its
-    answer, then counted by status; ``end`` counts once however often it is called."""
+    """An admitted request: counted in flight until its answer, then counted by status; ``end`` counts once
+    however often it is called."""
 
     def __init__(self, ingress: "Ingress") -> None:
         self._ingress = ingress
@@ -259,7 +260,7 @@ class Ticket:
     """A replica's handle on one request in its loop: the events for ``generate`` and a flag for the batcher.
     Events come from the loop's thread and are handed to the replica's event loop."""
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: GenerationRequest) -> None:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.finished = asyncio.Event()
         #: With request-level batching: the batch this request runs in (kept so that it is not collected).
@@ -361,13 +362,19 @@ class Ingress:
             result = await call.result()
             response = self._answer(result, arrived, raw_format)
         except Refusal as refusal:
-            (admission or Admission(self)).end(refusal.status)
+            self._answered(admission, refusal.status)
             return refusal.response()
         except asyncio.CancelledError:
-            (admission or Admission(self)).end(499)
+            self._answered(admission, 499)
             raise
         admission.end(200)
         return response
+
+    def _answered(self, admission: Admission | None, status: int) -> None:
+        if admission is not None:
+            admission.end(status)
+        else:  # refused before admission
+            self.metrics.requests.labels(str(status)).inc()
 
     def _authorize(self, header: str | None) -> None:
         """Constant-time comparison of the bearer key; the key and the header are never logged."""
@@ -460,9 +467,10 @@ class EngineReplica:
         logger.info("replica %s ready: %s, policy %s", self._id, self._engine.backend.describe(), policy.name)
 
     def status(self, metrics: bool = False) -> dict[str, Any]:
-        self.metrics.held.set(self._loop.held())
+        held = self._loop.held()
+        self.metrics.held.set(held)
         exposition = self.metrics.exposition() if metrics else ""
-        return {"replica": self._id, "policy": self._loop.policy, "held": self._loop.held(), "metrics": exposition}
+        return {"replica": self._id, "policy": self._loop.policy, "held": held, "metrics": exposition}
 
     def check_health(self) -> None:
         """Ray restarts a replica whose loop thread died."""
@@ -479,12 +487,16 @@ class EngineReplica:
             yield {"event": "error", "status": 422, "error": http_field_names(first_line(error))}
             return
         ticket = Ticket(request)
-        yield {"event": "accepted"}
         if self._settings.batching == "request":
             ticket.batch = asyncio.ensure_future(self._batch_whole_requests(ticket))
         else:
-            self._loop.submit([ticket.job])
+            try:
+                self._loop.submit([ticket.job])
+            except RuntimeError:  # closed: Ray is stopping this replica
+                yield {"event": "error", "status": 503, "error": "the engine replica is shutting down; retry"}
+                return
         try:
+            yield {"event": "accepted"}
             while True:
                 event = await ticket.events.get()
                 if isinstance(event, Progress):
@@ -512,7 +524,7 @@ class EngineReplica:
                     raise ValueError(f"{argument}: {tokens} tokens is more than the model reads ({limit})")
 
     @serve.batch(max_batch_size=8)
-    async def _batch_whole_requests(self, tickets: list["Ticket"]) -> list[None]:
+    async def _batch_whole_requests(self, tickets: list[Ticket]) -> list[None]:
         """Request-level batching: requests that arrive together run together to their ends (``fill`` policy),
         and the next batch starts when this one is done."""
         self._loop.submit([ticket.job for ticket in tickets])

@@ -40,7 +40,7 @@ KINDS = (
     ("ServeController", "Serve controller"),
     ("raylet", "raylet"),
     ("gcs_server", "GCS"),
-    ("audioldm-trt", "command"),
+    ("cli serve --engine", "command"),
 )
 SAMPLE_SECONDS = 5.0
 
