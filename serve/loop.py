@@ -156,7 +156,14 @@ class StepLoop:
                 if self._closed:
                     break
                 new, self._inbox = self._inbox, []
-            self._iterate(new)
+            try:
+                self._iterate(new)
+            except Exception as error:  # a bug: answer what the loop holds rather than leave it waiting
+                logger.exception("the step loop failed")
+                held = {job.id: job for job in [*new, *self._running.values()]}
+                self._running = {}
+                for job in held.values():
+                    job.notify(Failed(500, f"the step loop failed: {first_line(error)}"))
         for job in [*self._inbox, *self._running.values()]:
             job.notify(Failed(503, "the server is shutting down"))
         self._inbox, self._running = [], {}

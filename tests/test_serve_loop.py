@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from audioldm_trt.engine import Engine
 from audioldm_trt.serve.loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop
-from audioldm_trt.serve.policy import Fifo, Fill, LeastWork, Policy
+from audioldm_trt.serve.policy import Candidate, Fifo, Fill, LeastWork, Policy
 
 from conftest import ModelUnderTest, relative_difference
 
@@ -156,3 +157,29 @@ def test_closing_fails_what_the_loop_holds(tiny: ModelUnderTest) -> None:
     assert second.final() == Failed(503, "the server is shutting down")
     with pytest.raises(RuntimeError, match="closed"):
         loop.submit([])
+
+
+class FailsOnce(Fifo):
+    """A policy with a bug that shows once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def choose(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the policy")
+        return super().choose(candidates)
+
+
+def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(tiny: ModelUnderTest) -> None:
+    loop = StepLoop(tiny.engine, FailsOnce())
+    try:
+        _, first = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
+        assert first.final() == Failed(500, "the step loop failed: a bug in the policy")
+        assert loop.held() == 0
+        _, second = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 2})
+        assert isinstance(second.final(), Finished)
+    finally:
+        loop.close()
