@@ -166,20 +166,6 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def waveforms_per_call(engine: Engine, limit: int) -> int:
-    """The most waveforms one call may hold: ``limit``, or fewer where the engines' profiles end (TensorRT);
-    a UNet call holds twice as many rows (both sides of guidance)."""
-    model = engine.manifest.model
-    height = model.latent_height(model.default_audio_length_in_s)
-    for waveforms in range(limit, 1, -1):
-        try:
-            engine.backend.check_workload(waveforms, height)
-            return waveforms
-        except ValueError:
-            continue
-    return 1
-
-
 def runs_on_gpu(engine: Engine) -> bool:
     from audioldm_trt.engine.backends.onnxruntime import CUDA
 
@@ -456,10 +442,14 @@ class EngineReplica:
         on_gpu = runs_on_gpu(self._engine)
         name = {"none": "fifo", "request": "fill"}.get(settings.batching, settings.policy)
         name = default_policy(on_gpu) if name == "auto" else name
-        waveforms = waveforms_per_call(self._engine, settings.max_batch)
-        policy = make_policy(name, settings.max_batch, max_rows=2 * waveforms)
+        # --max-batch requests per call, both sides of guidance each, within the engines' profiles (TensorRT).
+        backend = self._engine.backend
+        rows = [2 * settings.max_batch, backend.max_rows("unet") or 2 * settings.max_batch]
+        policy = make_policy(name, settings.max_batch, max_rows=min(rows))
         self.metrics = ReplicaMetrics()
-        self._loop = StepLoop(self._engine, policy, on_call=self._record_call, max_decode_waveforms=waveforms)
+        self._loop = StepLoop(
+            self._engine, policy, on_call=self._record_call, max_decode_waveforms=backend.max_rows("vae_decoder")
+        )
         batcher: Any = self._batch_whole_requests  # @serve.batch's wrapper, untyped
         batcher.set_max_batch_size(settings.max_batch)
         batcher.set_batch_wait_timeout_s(REQUEST_BATCH_WAIT_SECONDS)
