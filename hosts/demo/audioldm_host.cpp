@@ -8,11 +8,13 @@
 
 #include "audioldm_trt.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -67,9 +69,9 @@ std::map<std::string, std::string> parse(int argc, char **argv) {
     for (int i = 1; i < argc; i += 2) {
         std::string option = argv[i];
         if (option == "--help" || option == "-h") throw UsageError(usage);
-        bool is_known = false;
-        for (const char *name : known) is_known = is_known || option == name;
-        if (!is_known) throw UsageError("unrecognized argument " + option);
+        if (std::find(std::begin(known), std::end(known), option) == std::end(known)) {
+            throw UsageError("unrecognized argument " + option);
+        }
         if (i + 1 >= argc) throw UsageError("argument " + option + ": expected a value");
         if (!options.emplace(option, argv[i + 1]).second) throw UsageError("argument " + option + " given twice");
     }
@@ -77,8 +79,8 @@ std::map<std::string, std::string> parse(int argc, char **argv) {
         if (options.count(required) == 0) throw UsageError(std::string("the argument ") + required + " is required");
     }
     const std::string &output = options["--output"];
-    std::string suffix = output.substr(output.find_last_of('.') == std::string::npos ? output.size()
-                                                                                        : output.find_last_of('.'));
+    size_t dot = output.find_last_of('.');
+    std::string suffix = dot == std::string::npos ? "" : output.substr(dot);
     for (char &c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (suffix != ".wav" && suffix != ".flac") {  // before minutes of work, not after
         throw UsageError("--output must end in .wav or .flac, got " + output);

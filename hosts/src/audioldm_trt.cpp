@@ -11,7 +11,7 @@
 #include <pybind11/embed.h>
 #include <pybind11/numpy.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
