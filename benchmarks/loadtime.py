@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..engine.cli import non_negative_int, positive_int
 from ..engine.errors import EngineDirectoryError
 from ..engine.files import write_atomically
 from ..engine.manifest import GRAPH_NAMES, Manifest
@@ -202,13 +203,13 @@ def _fresh_process(code: str, arguments: list[str]) -> Any:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m audioldm_trt.benchmarks.loadtime", description=__doc__)
     parser.add_argument("--engine", type=Path, required=True, help="export directory (audioldm-trt export)")
-    parser.add_argument("--runs", type=int, default=5, help="timed rounds, or processes with --profile (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    parser.add_argument(
+        "--runs", type=positive_int, default=5, help="timed rounds, or processes with --profile (default 5)"
+    )
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--output", type=Path, help="also write the full record here, as JSON")
     parser.add_argument("--profile", action="store_true", help="time the steps of one load instead")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
     try:
         Manifest.load(args.engine)
     except EngineDirectoryError as error:
