@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
     generate.add_argument("--threads", type=positive_int, help="ONNX Runtime threads per call (default: all cores)")
-    generate.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
+    generate.add_argument(
+        "--no-verify", action="store_true", help="check the sizes of the engine files, not their hashes"
+    )
     generate.set_defaults(handler=_generate)
 
     for add_commands in plugged_in_commands():

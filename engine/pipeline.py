@@ -21,7 +21,7 @@ from .backends import Backend, Graph, create_backend
 from .backends.base import Link
 from .denoising import Denoising
 from .errors import EngineError, NonFiniteOutputError
-from .manifest import GRAPH_NAMES, Manifest
+from .manifest import Manifest
 from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
 
@@ -87,16 +87,16 @@ class Engine:
 
         ``scheduler`` is a diffusers class name (default: the checkpoint's own); ``scheduler_config``
         overrides keys of the checkpoint's scheduler config. ``verify`` checks every file against the
-        manifest's sha256 (sizes are always checked). ``threads`` caps ONNX Runtime's threads per graph call
-        (default: one per core), for hosts that share the cores."""
+        manifest's hashes while the graphs load (sizes are always checked). ``threads`` caps ONNX Runtime's
+        threads per graph call (default: one per core), for hosts that share the cores."""
         if threads is not None:
             threads = positive_int(threads, "threads")
         directory = Path(directory)
         manifest = Manifest.load(directory)
         choice = SchedulerChoice.of_export(manifest, scheduler, scheduler_config)
-        manifest.verify(directory, hashes=verify)
-        runtime = create_backend(backend, directory, manifest, threads)
-        graphs = {name: runtime.load(directory, manifest, name) for name in GRAPH_NAMES}
+        with manifest.verifying(directory, hashes=verify):
+            runtime = create_backend(backend, directory, manifest, threads)
+            graphs = runtime.load_graphs(directory, manifest)
         tokenizer = PromptTokenizer.from_directory(directory / "tokenizer")
         engine = cls(directory, manifest, runtime, graphs, tokenizer, choice)
         logger.info(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,11 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
 
+from ..engine.manifest import WEIGHTS_SUFFIX
+
 logger = logging.getLogger(__name__)
 
 OPSET = 17
-#: Graphs above this size keep their weights in a side file: protobuf cannot hold more than 2 GB.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Relative max difference allowed between the fp32 graph and PyTorch at the verification shapes.
 FP32_TOLERANCE = 1e-4
 
@@ -242,7 +243,7 @@ def _quiet_tracing() -> Iterator[None]:
 
 
 def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO) -> None:
-    """Trace ``module`` to ``path`` with the symbolic axes of ``io``; weights inline, or external over 2 GB."""
+    """Trace ``module`` to ``path`` with the symbolic axes of ``io``, its weights in a file of their own."""
     dynamic_axes = {
         name: {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
         for name, (_, shape) in {**io.inputs, **io.outputs}.items()
@@ -259,19 +260,20 @@ def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, i
             opset_version=OPSET,
             do_constant_folding=True,
         )
-    model = onnx.load(str(path))
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:  # small graphs stay as torch wrote them
-        save_graph(model, path)
+    save_graph(onnx.load(str(path)), path)
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Weights inline, or in ``<name>.data`` beside the graph over the size protobuf can hold."""
-    data = path.with_name(path.name + ".data")
+    """The graph in ``path``, its weights in ``<name>.data`` beside it (tensors of 1 KiB and more; shapes and
+    other small constants stay in the graph).
+
+    ONNX Runtime maps a weights file into memory instead of parsing the weights out of the graph and copying
+    them, which makes its sessions much faster to create and lighter while they are created (figures in
+    benchmarks/README.md); and protobuf could not hold the weights of a graph over 2 GB anyway."""
+    data = path.with_name(path.name + WEIGHTS_SUFFIX)
     data.unlink(missing_ok=True)
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    else:
-        onnx.save_model(model, str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    data.chmod(stat.S_IMODE(path.stat().st_mode))  # onnx makes it private: the graph's mode, from the umask
 
 
 def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch.Tensor], io: GraphIO) -> None:

@@ -130,7 +130,7 @@ def _record(
 ) -> EngineRecord:
     return EngineRecord(
         graph=graph,
-        onnx_sha256=manifest.files[manifest.graphs[graph].file].sha256,
+        onnx_sha256=manifest.graph_sha256(graph),
         tensorrt=version,
         gpu=device.name,
         compute_capability=device.compute_capability,

@@ -101,7 +101,7 @@ def _broken_copy(tiny: ModelUnderTest, tmp_path: Path) -> Path:
         (lambda d: (d / "unet.onnx").unlink(), "unet.onnx is missing"),
         (lambda d: (d / "tokenizer" / "vocab.json").unlink(), "vocab.json is missing"),
         (lambda d: (d / "vocoder.onnx").write_bytes((d / "vocoder.onnx").read_bytes()[:-10]), "vocoder.onnx has"),
-        (lambda d: _flip_a_byte(d / "vae_decoder.onnx"), "vae_decoder.onnx does not match its sha256"),
+        (lambda d: _flip_a_byte(d / "vae_decoder.onnx"), "vae_decoder.onnx does not match its xxh3_128"),
     ],
     ids=["no-directory", "no-manifest", "bad-manifest", "no-unet", "no-vocab", "truncated-vocoder", "corrupt-vae"],
 )

@@ -147,7 +147,7 @@ def _write_engines(directory: Path, manifest: Manifest, device: Device = TEST_DE
         engine.write_bytes(b"plan" * 10)
         EngineRecord(
             graph=graph,
-            onnx_sha256=manifest.files[manifest.graphs[graph].file].sha256,
+            onnx_sha256=manifest.graph_sha256(graph),
             tensorrt=TEST_TENSORRT,
             gpu=device.name,
             compute_capability=device.compute_capability,

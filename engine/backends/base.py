@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Manifest
+from ..manifest import GRAPH_NAMES, Manifest
 from .profiles import Shape
 
 
@@ -77,6 +77,10 @@ class Backend(ABC):
     @abstractmethod
     def load(self, directory: Path, manifest: Manifest, graph: str) -> Graph:
         """Load graph ``graph`` of the export in ``directory`` (created once per engine, reused every call)."""
+
+    def load_graphs(self, directory: Path, manifest: Manifest) -> dict[str, Graph]:
+        """Every graph of the export, by name in pipeline order; one at a time unless a backend knows better."""
+        return {name: self.load(directory, manifest, name) for name in GRAPH_NAMES}
 
     @abstractmethod
     def describe(self) -> str:

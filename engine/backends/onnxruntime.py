@@ -11,14 +11,16 @@ copied twice, and no output is staged through a host buffer ONNX Runtime allocat
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ..manifest import Manifest
+from ..manifest import GRAPH_NAMES, Manifest
 from .base import Backend, Graph
 
 logger = logging.getLogger(__name__)
@@ -111,6 +113,18 @@ class OnnxRuntimeBackend(Backend):
         if self.providers[0] not in used:
             raise BackendUnavailableError(f"ONNX Runtime could not use {self.providers[0]} for {graph} (got {used})")
         return OnnxRuntimeGraph(graph, session, "cuda" if self.providers[0] == CUDA else "cpu")
+
+    def load_graphs(self, directory: Path, manifest: Manifest) -> dict[str, Graph]:
+        """On CPU the sessions are created concurrently, the largest graph first, one per core (or per
+        ``threads``): creating a session is mostly single-threaded work (parsing, graph optimisation, packing
+        the weights) that releases the GIL."""
+        workers = min(len(GRAPH_NAMES), self.threads or os.cpu_count() or 1)
+        if self.providers[0] != CPU or workers == 1:
+            return super().load_graphs(directory, manifest)
+        largest_first = sorted(GRAPH_NAMES, key=manifest.graph_bytes, reverse=True)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="session") as pool:
+            sessions = {name: pool.submit(self.load, directory, manifest, name) for name in largest_first}
+        return {name: sessions[name].result() for name in GRAPH_NAMES}
 
     def describe(self) -> str:
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)})"

@@ -172,7 +172,7 @@ def check_record(
     engine = engine_paths(directory, record.graph)[0]
     rebuild = rebuild_command(directory, BuildRanges.from_json(record.ranges))
     onnx = manifest.graphs[record.graph].file
-    if record.onnx_sha256 != manifest.files[onnx].sha256:
+    if record.onnx_sha256 != manifest.graph_sha256(record.graph):
         raise EngineDirectoryError(f"{engine} was built from another {onnx} than the export's: rebuild with {rebuild}")
     if record.tensorrt != tensorrt_version:
         raise EngineDirectoryError(
