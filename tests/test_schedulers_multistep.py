@@ -85,6 +85,11 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     (SINGLE, {"use_exponential_sigmas": True, "prediction_type": "v_prediction"}, FEW_STEPS),
     (SINGLE, {"prediction_type": "v_prediction", "lambda_min_clipped": -5.1}, ALL_STEPS),
     (SINGLE, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, FEW_STEPS),
+    (
+        SINGLE,
+        {"prediction_type": "v_prediction", "algorithm_type": "dpmsolver", "solver_order": 3, **SIGMA_MIN},
+        FEW_STEPS,
+    ),
     *[(UNIPC, {"solver_order": order}, ALL_STEPS) for order in (1, 2, 3)],
     *[(UNIPC, {"solver_order": order, "solver_type": "bh1", **SIGMA_MIN}, ALL_STEPS) for order in (1, 2, 3)],
     (UNIPC, {"solver_order": 3, "predict_x0": False, **SIGMA_MIN}, ALL_STEPS),
@@ -96,6 +101,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     (UNIPC, {"timestep_spacing": "leading", "steps_offset": 1, "solver_type": "midpoint"}, ALL_STEPS),
     (UNIPC, {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}, FEW_STEPS),
     (UNIPC, {"prediction_type": "v_prediction", "solver_order": 3}, ALL_STEPS),
+    (UNIPC, {"prediction_type": "v_prediction", "predict_x0": False, "solver_order": 3, **SIGMA_MIN}, FEW_STEPS),
     (UNIPC, {"prediction_type": "sample", "thresholding": True, "sample_max_value": 1.5}, FEW_STEPS),
     *[(DEIS, {"solver_order": order}, ALL_STEPS) for order in (1, 2, 3)],
     (DEIS, {"solver_order": 3, "lower_order_final": False, "algorithm_type": "dpmsolver++"}, FEW_STEPS),
@@ -104,6 +110,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     (DEIS, {"timestep_spacing": "leading", "steps_offset": 1}, FEW_STEPS),
     (DEIS, {"timestep_spacing": "trailing", "solver_order": 3}, FEW_STEPS),
     (DEIS, {"prediction_type": "v_prediction", "solver_order": 3}, ALL_STEPS),
+    (DEIS, {"prediction_type": "v_prediction", "use_karras_sigmas": True, "lower_order_final": False}, FEW_STEPS),
     (DEIS, {"prediction_type": "sample", "thresholding": True, "sample_max_value": 1.5}, FEW_STEPS),
 ]
 
@@ -138,6 +145,8 @@ def test_steps_match_diffusers(
         theirs.set_timesteps(steps)
         np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy(), err_msg=f"{steps} steps")
         np.testing.assert_allclose(ours.sigmas, theirs.sigmas.numpy(), rtol=RTOL, err_msg=f"{steps} steps")
+        # From here diffusers steps in float64, but for DPMSolverMultistep's sample term: its step casts the sample
+        # to float32, and a float64 scalar times a float32 tensor is float32 in torch.
         theirs.sigmas = theirs.sigmas.double()
 
         rng = np.random.default_rng(steps)
