@@ -86,15 +86,21 @@ ServerFactory = Callable[[str], contextlib.AbstractAsyncContextManager[str]]
 
 
 async def compare_batching(settings: ComparisonSettings, server: ServerFactory) -> dict[str, Any]:
-    """Measure every mode (``server(mode)`` runs it) and return the record; the baseline's ratios need it."""
+    """Measure every mode (``server(mode)`` runs it) and return the record. A mode whose server fails to start
+    or to answer is recorded as ``{"error": ...}`` and the run goes on with the next: an hour's run is not lost
+    to its last mode."""
     for mode in settings.modes:
         if mode not in MODES:
             raise ValueError(f"unknown batching mode {mode!r}; choose from {', '.join(MODES)}")
-    modes = {}
+    modes: dict[str, dict[str, Any]] = {}
     for mode in settings.modes:
         logger.info("batching %s: starting the server", mode)
-        async with server(mode) as url, LoadClient(url, timeout=settings.timeout) as client:
-            modes[mode] = await measure_mode(client, settings)
+        try:
+            async with server(mode) as url, LoadClient(url, timeout=settings.timeout) as client:
+                modes[mode] = await measure_mode(client, settings)
+        except LoadTestError as error:
+            logger.warning("batching %s failed: %s", mode, error)
+            modes[mode] = {"error": str(error)}
     record = {**record_header({**asdict(settings), "engine": str(settings.engine)}), "modes": modes}
     add_ratios(record)
     return record
@@ -136,10 +142,16 @@ async def unloaded_latency(client: LoadClient, request_class: RequestClass, runs
     return {"median": float(np.median(samples)), "samples": samples, "warmup": outcomes[0].latency}
 
 
+def failures(record: Mapping[str, Any]) -> dict[str, str]:
+    """The modes that failed, with their errors."""
+    return {mode: result["error"] for mode, result in record["modes"].items() if "error" in result}
+
+
 def add_ratios(record: dict[str, Any]) -> None:
     """Per mode and class: p95 / unloaded median, and the baseline's p95 / this p95 (when it ran)."""
-    baseline = record["modes"].get(BASELINE)
-    for result in record["modes"].values():
+    measured = {mode: result for mode, result in record["modes"].items() if mode not in failures(record)}
+    baseline = measured.get(BASELINE)
+    for result in measured.values():
         for name, stats in result["loaded"]["classes"].items():
             p95 = (stats["latency"] or {}).get("p95")
             base = (baseline["loaded"]["classes"][name]["latency"] or {}).get("p95") if baseline else None
@@ -164,6 +176,9 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|--:|--:|--:|--:|---|",
     ]
     for mode, result in modes.items():
+        if "error" in result:
+            lines.append(f"| {MODES[mode]} | failed: {result['error']} | | | | |")
+            continue
         loaded = result["loaded"]
         batch = loaded["mean_batch_size"]
         lines.append(
@@ -178,25 +193,28 @@ def markdown(record: dict[str, Any]) -> str:
         "| one-at-a-time p95 / p95 |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for mode, result in modes.items():
+    measured = {mode: result for mode, result in modes.items() if "error" not in result}
+    for mode, result in measured.items():
         for name, stats in result["loaded"]["classes"].items():
             lines.append(
                 f"| {MODES[mode]} | {name} | {result['unloaded'][name]['median']:.2f} | {latency_cells(stats)} "
                 f"| {_ratio(stats['p95_over_unloaded'])} | {_ratio(stats['baseline_p95_over_p95'])} |"
             )
-    lines += ["", *goal_lines(record)]
+    lines += ["", *goal_lines(measured)]
     return "\n".join(lines) + "\n"
 
 
-def goal_lines(record: Mapping[str, Any]) -> list[str]:
-    """Issue 8's goal, per mode, for the class that is fastest unloaded (the mix's short requests)."""
-    first = next(iter(record["modes"].values()))
+def goal_lines(measured: Mapping[str, Any]) -> list[str]:
+    """Issue 8's goal, per measured mode, for the class that is fastest unloaded (the mix's short requests)."""
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
     short = min(first["unloaded"], key=lambda name: first["unloaded"][name]["median"])
     lines = [
         f"Goal for `{short}` requests: p95 at most {GOAL_RATIO:g}x the unloaded latency, and at least "
         f"{GOAL_RATIO:g}x lower than one at a time."
     ]
-    for mode, result in record["modes"].items():
+    for mode, result in measured.items():
         stats = result["loaded"]["classes"][short]
         over, under = stats["p95_over_unloaded"], stats["baseline_p95_over_p95"]
         verdicts = [f"p95 {_ratio(over)} unloaded ({_met(over is not None and over <= GOAL_RATIO)})"]
@@ -239,9 +257,13 @@ def serve_command(settings: ComparisonSettings, mode: str, port: int) -> list[st
     ]
 
 
-def serve_processes(settings: ComparisonSettings, logs: Path) -> ServerFactory:
-    """A :data:`ServerFactory` that runs ``audioldm-trt serve`` in a process group of its own, its output in
-    ``logs/serve-MODE.log``."""
+def serve_processes(
+    settings: ComparisonSettings,
+    logs: Path,
+    command: Callable[[ComparisonSettings, str, int], list[str]] = serve_command,
+) -> ServerFactory:
+    """A :data:`ServerFactory` that runs ``command`` (``audioldm-trt serve``) in a process group of its own, its
+    output in ``logs/serve-MODE.log``."""
 
     @contextlib.asynccontextmanager
     async def server(mode: str) -> AsyncIterator[str]:
@@ -249,7 +271,7 @@ def serve_processes(settings: ComparisonSettings, logs: Path) -> ServerFactory:
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"serve-{mode}.log", "wb") as log:
             process = subprocess.Popen(
-                serve_command(settings, mode, port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command(settings, mode, port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             try:
                 url = f"http://127.0.0.1:{port}"

@@ -592,8 +592,10 @@ def _add_shared_options(parser: argparse.ArgumentParser, output: str) -> None:
     parser.add_argument("--output", type=Path, default=Path(output), help=f"report directory (./{output})")
 
 
-def _mix_of(args: argparse.Namespace) -> list[RequestClass]:
-    return load_mix(args.mix_file, args.prompt) if args.mix_file else parse_mix(args.mix, args.prompt)
+def _shared_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings both commands take from ``_add_shared_options`` and ``--timeout``."""
+    mix = load_mix(args.mix_file, args.prompt) if args.mix_file else parse_mix(args.mix, args.prompt)
+    return {"mix": mix, "timeout": args.timeout, "seed": args.seed, "batch_size_metric": args.batch_size_metric}
 
 
 def _report(record: dict[str, Any], text: str, output: Path, name: str) -> None:
@@ -613,14 +615,11 @@ def _loadtest(args: argparse.Namespace) -> None:
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else args.api_key
     settings = LoadSettings(
         url=args.url,
-        mix=_mix_of(args),
         rates=tuple(args.rate),
         duration=args.duration,
         requests=args.requests,
-        timeout=args.timeout,
-        seed=args.seed,
         api_key=api_key,
-        batch_size_metric=args.batch_size_metric,
+        **_shared_settings(args),
     )
     record = asyncio.run(run_load(settings))
     _report(record, markdown(record), args.output, "loadtest")
@@ -632,7 +631,6 @@ def _loadtest_batching(args: argparse.Namespace) -> None:
 
     settings = batching.ComparisonSettings(
         engine=args.engine,
-        mix=_mix_of(args),
         modes=tuple(args.modes),
         load=args.load,
         requests=args.requests,
@@ -641,14 +639,15 @@ def _loadtest_batching(args: argparse.Namespace) -> None:
         unloaded_runs=args.unloaded_runs,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
-        timeout=args.timeout,
-        seed=args.seed,
         serve_args=tuple(shlex.split(args.serve_args)),
-        batch_size_metric=args.batch_size_metric,
         ready_timeout=args.ready_timeout,
+        **_shared_settings(args),
     )
     record = asyncio.run(batching.compare_batching(settings, batching.serve_processes(settings, args.output)))
     _report(record, batching.markdown(record), args.output, "batching")
+    if failed := batching.failures(record):
+        mode, error = next(iter(failed.items()))
+        raise LoadTestError(f"batching {mode} failed: {error}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

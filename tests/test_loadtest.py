@@ -346,21 +346,23 @@ def test_loadtest_command_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_batching_comparison_measures_capacity_and_loads_each_mode_at_its_fraction(tmp_path: Path) -> None:
     """The driver, with a stand-in per mode (one at a time; "none" computes twice as slowly): unloaded latency,
-    a closed-loop capacity, then Poisson load at 80% of it, with the ratios against one at a time."""
+    a closed-loop capacity, then Poisson load at 80% of it, with the ratios against one at a time. A mode whose
+    server fails is recorded as failed and the others go on."""
     servers: list[StandIn] = []
 
     @contextlib.asynccontextmanager
     async def server(mode: str) -> AsyncIterator[str]:
+        if mode == "request":
+            raise loadtest.LoadTestError("the server exited with status 1")
         with stand_in(serial=True, step_seconds=0.02 if mode == "none" else 0.01) as started:
             servers.append(started)
             yield started.url
 
     mix = parse_mix(["short=0.7:steps=1", "long=0.3:steps=5"])
-    settings = batching.ComparisonSettings(
-        engine=tmp_path, mix=mix, modes=("step", "none"), requests=30, capacity_requests=20, concurrency=3
-    )
+    settings = batching.ComparisonSettings(engine=tmp_path, mix=mix, requests=30, capacity_requests=20, concurrency=3)
     record = asyncio.run(batching.compare_batching(settings, server))
-    assert list(record["modes"]) == ["step", "none"] and len(servers) == 2
+    assert list(record["modes"]) == ["step", "request", "none"] and len(servers) == 2
+    assert batching.failures(record) == {"request": "the server exited with status 1"}
     for mode, factor in (("step", 1), ("none", 2)):
         result = record["modes"][mode]
         unloaded = {name: u["median"] for name, u in result["unloaded"].items()}
@@ -377,7 +379,36 @@ def test_batching_comparison_measures_capacity_and_loads_each_mode_at_its_fracti
     assert step_short["baseline_p95_over_p95"] == pytest.approx(none_p95 / step_short["latency"]["p95"])
     text = batching.markdown(record)
     assert "| step-level | short |" in text and "| one at a time | long |" in text
-    assert "Goal for `short` requests" in text and "- step-level: p95" in text
+    assert "| request-level | failed: the server exited with status 1 |" in text
+    assert "Goal for `short` requests" in text and "- step-level: p95" in text and "- request-level" not in text
+
+
+def stand_in_process(settings: batching.ComparisonSettings, mode: str, port: int) -> list[str]:
+    """The stand-in as a server process; mode "broken" exits at once."""
+    if mode == "broken":
+        return [sys.executable, "-c", "raise SystemExit(3)"]
+    program = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_loadtest; "
+        f"test_loadtest.web.run_app(test_loadtest.StandIn().app(), host='127.0.0.1', port={port})"
+    )
+    return [sys.executable, "-c", program]
+
+
+def test_servers_are_started_until_ready_and_stopped(tmp_path: Path) -> None:
+    settings = batching.ComparisonSettings(engine=tmp_path, mix=parse_mix(DEFAULT_MIX), ready_timeout=60)
+    server = batching.serve_processes(settings, tmp_path / "logs", command=stand_in_process)
+
+    async def run(mode: str) -> int:
+        async with server(mode) as url, LoadClient(url) as client:
+            assert await client.readiness() is None
+            return int(url.rsplit(":", 1)[1])
+
+    port = asyncio.run(run("step"))
+    with socket.socket() as probe:  # the server is gone: its port is free again
+        probe.bind(("127.0.0.1", port))
+    with pytest.raises(loadtest.LoadTestError, match="exited with status 3"):
+        asyncio.run(run("broken"))
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["serve-broken.log", "serve-step.log"]
 
 
 def test_serve_command_names_the_mode_and_limits(tmp_path: Path) -> None:
