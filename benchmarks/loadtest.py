@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.cli import _non_negative_int as non_negative_int
 from ..engine.cli import _positive_float as positive_float
 from ..engine.cli import _positive_int as positive_int
-from ..engine.cli import _seed as seed_value
 from ..engine.files import write_atomically
 from . import machine
 
@@ -587,7 +587,9 @@ def _add_shared_options(parser: argparse.ArgumentParser, output: str) -> None:
     )  # fmt: skip
     mix.add_argument("--mix-file", type=Path, help='JSON: {"short": {"weight": 0.7, "duration": 2.5, ...}, ...}')
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of classes that set none")
-    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the arrivals and requests (default 0)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the arrivals and requests (default 0)"
+    )
     parser.add_argument("--batch-size-metric", help="the server's batch-size histogram (default: *batch_size*)")
     parser.add_argument("--output", type=Path, default=Path(output), help=f"report directory (./{output})")
 

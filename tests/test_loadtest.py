@@ -384,12 +384,13 @@ def test_batching_comparison_measures_capacity_and_loads_each_mode_at_its_fracti
 
 
 def stand_in_process(settings: batching.ComparisonSettings, mode: str, port: int) -> list[str]:
-    """The stand-in as a server process; mode "broken" exits at once."""
+    """A server process that is ready at once; mode "broken" exits at once instead."""
     if mode == "broken":
         return [sys.executable, "-c", "raise SystemExit(3)"]
     program = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_loadtest; "
-        f"test_loadtest.web.run_app(test_loadtest.StandIn().app(), host='127.0.0.1', port={port})"
+        "from aiohttp import web; app = web.Application(); "
+        "app.router.add_get('/readyz', lambda request: web.json_response({})); "
+        f"web.run_app(app, host='127.0.0.1', port={port})"
     )
     return [sys.executable, "-c", program]
 
