@@ -218,7 +218,7 @@ def goal_lines(measured: Mapping[str, Any]) -> list[str]:
         stats = result["loaded"]["classes"][short]
         over, under = stats["p95_over_unloaded"], stats["baseline_p95_over_p95"]
         verdicts = [f"p95 {_ratio(over)} unloaded ({_met(over is not None and over <= GOAL_RATIO)})"]
-        if mode != BASELINE:
+        if mode != BASELINE and BASELINE in measured:
             verdicts.append(
                 f"{_ratio(under)} lower than one at a time ({_met(under is not None and under >= GOAL_RATIO)})"
             )
