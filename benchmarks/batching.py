@@ -289,7 +289,8 @@ async def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: 
     async with LoadClient(url, timeout=10) as client:
         while (problem := await client.readiness()) is not None:
             if process.poll() is not None:
-                raise LoadTestError(f"the server exited with status {process.returncode} (see {log.name})")
+                last = (Path(log.name).read_text(errors="replace").strip().splitlines() or [""])[-1]
+                raise LoadTestError(f"the server exited with status {process.returncode}: {last} (see {log.name})")
             if loop.time() > deadline:
                 raise LoadTestError(f"the server was not ready after {timeout:g} s: {problem} (see {log.name})")
             await asyncio.sleep(1.0)

@@ -386,7 +386,7 @@ def test_batching_comparison_measures_capacity_and_loads_each_mode_at_its_fracti
 def stand_in_process(settings: batching.ComparisonSettings, mode: str, port: int) -> list[str]:
     """A server process that is ready at once; mode "broken" exits at once instead."""
     if mode == "broken":
-        return [sys.executable, "-c", "raise SystemExit(3)"]
+        return [sys.executable, "-c", "raise SystemExit('no engine here')"]
     program = (
         "from aiohttp import web; app = web.Application(); "
         "app.router.add_get('/readyz', lambda request: web.json_response({})); "
@@ -407,7 +407,7 @@ def test_servers_are_started_until_ready_and_stopped(tmp_path: Path) -> None:
     port = asyncio.run(run("step"))
     with socket.socket() as probe:  # the server is gone: its port is free again
         probe.bind(("127.0.0.1", port))
-    with pytest.raises(loadtest.LoadTestError, match="exited with status 3"):
+    with pytest.raises(loadtest.LoadTestError, match="exited with status 1: no engine here"):
         asyncio.run(run("broken"))
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["serve-broken.log", "serve-step.log"]
 
