@@ -13,14 +13,10 @@ histogram, scraped before and after each rate). See ``benchmarks/README.md``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import math
-import shlex
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,11 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
-from ..engine.cli import _non_negative_int as non_negative_int
-from ..engine.cli import _positive_float as positive_float
-from ..engine.cli import _positive_int as positive_int
 from ..engine.files import write_atomically
 from . import machine
 
@@ -215,9 +210,6 @@ class LoadClient:
     on the client's side), one timeout per request, each answer turned into an :class:`Outcome`."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
-        import aiohttp
-
-        self._aiohttp = aiohttp
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -245,7 +237,7 @@ class LoadClient:
                 outcome.status, outcome.queue, outcome.error = _read_answer(response.status, data, arrival.body)
         except (asyncio.TimeoutError, TimeoutError):
             outcome.status = TIMEOUT
-        except self._aiohttp.ClientError as error:
+        except aiohttp.ClientError as error:
             outcome.status, outcome.error = CONNECTION_ERROR, f"{type(error).__name__}: {error}"
         outcome.latency = loop.time() - sent
         return outcome
@@ -255,7 +247,7 @@ class LoadClient:
         try:
             async with self._session.get(f"{self.url}/metrics") as response:
                 return await response.text() if response.status == 200 else None
-        except (asyncio.TimeoutError, TimeoutError, self._aiohttp.ClientError):
+        except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError):
             return None
 
     async def readiness(self) -> str | None:
@@ -263,7 +255,7 @@ class LoadClient:
         try:
             async with self._session.get(f"{self.url}/readyz") as response:
                 return None if response.status == 200 else f"GET /readyz answered {response.status}"
-        except (asyncio.TimeoutError, TimeoutError, self._aiohttp.ClientError) as error:
+        except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError) as error:
             return f"GET /readyz failed: {type(error).__name__}: {error}".rstrip(": ")
 
     async def check_ready(self) -> None:
@@ -328,8 +320,6 @@ def batch_size_totals(metrics_text: str | None, metric: str | None = None) -> tu
     """
     if metrics_text is None:
         return None
-    from prometheus_client.parser import text_string_to_metric_families
-
     families = [f for f in text_string_to_metric_families(metrics_text) if f.type == "histogram"]
     matching = [f for f in families if f.name == metric] if metric else [f for f in families if "batch_size" in f.name]
     if len(matching) != 1:
@@ -533,146 +523,3 @@ def write_report(record: dict[str, Any], text: str, output: Path, name: str) -> 
 
 def _or_dash(value: float | None, template: str) -> str:
     return "-" if value is None else template.format(value)
-
-
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """``audioldm-trt loadtest`` and ``audioldm-trt loadtest-batching`` (the ``audioldm_trt.commands`` entry
-    point of the benchmarks' load tests)."""
-    load = commands.add_parser(
-        "loadtest", parents=[common], help="open-loop Poisson load on a running `audioldm-trt serve`"
-    )
-    load.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
-    key = load.add_mutually_exclusive_group()
-    key.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
-    key.add_argument("--api-key-file", type=Path, help="a file holding the API key")
-    load.add_argument(
-        "--rate", nargs="+", required=True, type=positive_float, metavar="R", help="requests per second, one run each"
-    )
-    window = load.add_mutually_exclusive_group(required=True)
-    window.add_argument("--duration", type=positive_float, metavar="S", help="seconds of arrivals per rate")
-    window.add_argument("--requests", type=positive_int, metavar="N", help="arrivals per rate")
-    load.add_argument("--timeout", type=positive_float, default=600.0, help="client timeout per request (default 600)")
-    _add_shared_options(load, "loadtest-results")
-    load.set_defaults(handler=_loadtest)
-
-    compare = commands.add_parser(
-        "loadtest-batching",
-        parents=[common],
-        help="start `audioldm-trt serve` in each batching mode; capacity, then load at a fraction of it",
-    )
-    compare.add_argument("--engine", required=True, type=Path, help="directory written by `audioldm-trt export`")
-    compare.add_argument(
-        "--modes", nargs="+", choices=("step", "request", "none"), default=["step", "request", "none"],
-        help="batching modes, in this order (default: all three)",
-    )  # fmt: skip
-    compare.add_argument("--load", type=positive_float, default=0.8, help="fraction of capacity offered (0.8)")
-    compare.add_argument("--requests", type=positive_int, default=80, help="Poisson arrivals per mode (80)")
-    compare.add_argument("--capacity-requests", type=positive_int, default=20, help="closed-loop requests (20)")
-    compare.add_argument("--concurrency", type=positive_int, default=4, help="closed-loop users (4)")
-    compare.add_argument("--unloaded-runs", type=positive_int, default=3, help="idle-server runs per class (3)")
-    compare.add_argument("--max-batch", type=positive_int, default=8, help="serve --max-batch (8)")
-    compare.add_argument("--max-queue", type=positive_int, default=64, help="serve --max-queue (64)")
-    compare.add_argument("--serve-args", default="", help="more serve arguments, e.g. '--threads 2'")
-    compare.add_argument("--timeout", type=positive_float, default=1800.0, help="client timeout (default 1800)")
-    compare.add_argument("--ready-timeout", type=positive_float, default=900.0, help="server start limit (900 s)")
-    _add_shared_options(compare, "loadtest-results")
-    compare.set_defaults(handler=_loadtest_batching)
-
-
-def _add_shared_options(parser: argparse.ArgumentParser, output: str) -> None:
-    mix = parser.add_mutually_exclusive_group()
-    mix.add_argument(
-        "--mix", nargs="+", default=list(DEFAULT_MIX), metavar="NAME=WEIGHT[:FIELD=VALUE,...]",
-        help=f"request classes (default: {' '.join(DEFAULT_MIX)})",
-    )  # fmt: skip
-    mix.add_argument("--mix-file", type=Path, help='JSON: {"short": {"weight": 0.7, "duration": 2.5, ...}, ...}')
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of classes that set none")
-    parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed of the arrivals and requests (default 0)"
-    )
-    parser.add_argument("--batch-size-metric", help="the server's batch-size histogram (default: *batch_size*)")
-    parser.add_argument("--output", type=Path, default=Path(output), help=f"report directory (./{output})")
-
-
-def _shared_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings both commands take from ``_add_shared_options`` and ``--timeout``."""
-    mix = load_mix(args.mix_file, args.prompt) if args.mix_file else parse_mix(args.mix, args.prompt)
-    return {"mix": mix, "timeout": args.timeout, "seed": args.seed, "batch_size_metric": args.batch_size_metric}
-
-
-def _report(record: dict[str, Any], text: str, output: Path, name: str) -> None:
-    paths = write_report(record, text, output, name)
-    print(text)
-    print(f"wrote {', '.join(str(p) for p in paths)}")
-
-
-def _require_extra() -> None:
-    for module in ("aiohttp", "prometheus_client"):
-        if importlib.util.find_spec(module) is None:
-            raise LoadTestError(f"{module} is not installed: pip install 'audioldm-trt[loadtest]'")
-
-
-def _loadtest(args: argparse.Namespace) -> None:
-    _require_extra()
-    api_key = args.api_key_file.read_text().strip() if args.api_key_file else args.api_key
-    settings = LoadSettings(
-        url=args.url,
-        rates=tuple(args.rate),
-        duration=args.duration,
-        requests=args.requests,
-        api_key=api_key,
-        **_shared_settings(args),
-    )
-    record = asyncio.run(run_load(settings))
-    _report(record, markdown(record), args.output, "loadtest")
-
-
-def _loadtest_batching(args: argparse.Namespace) -> None:
-    _require_extra()
-    from . import batching
-
-    settings = batching.ComparisonSettings(
-        engine=args.engine,
-        modes=tuple(args.modes),
-        load=args.load,
-        requests=args.requests,
-        capacity_requests=args.capacity_requests,
-        concurrency=args.concurrency,
-        unloaded_runs=args.unloaded_runs,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        serve_args=tuple(shlex.split(args.serve_args)),
-        ready_timeout=args.ready_timeout,
-        **_shared_settings(args),
-    )
-    record = asyncio.run(batching.compare_batching(settings, batching.serve_processes(settings, args.output)))
-    _report(record, batching.markdown(record), args.output, "batching")
-    if failed := batching.failures(record):
-        mode, error = next(iter(failed.items()))
-        raise LoadTestError(f"batching {mode} failed: {error}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m audioldm_trt.benchmarks.loadtest loadtest ...``, until ``audioldm-trt`` reads its plug-ins."""
-    from ..engine.cli import UsageError, _Parser
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common = _Parser(add_help=False)
-    for flag in ("--debug", "--quiet", "--verbose"):
-        common.add_argument(flag, action="store_true")
-    parser = _Parser(prog="audioldm-trt", parents=[common])
-    add_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser), common)
-    try:
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-        args.handler(args)
-        return 0
-    except Exception as error:
-        if "--debug" in argv:
-            raise
-        print(str(error).splitlines()[0] if str(error) else type(error).__name__, file=sys.stderr)
-        return 2 if isinstance(error, (UsageError, ValueError)) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

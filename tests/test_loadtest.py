@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,11 +37,7 @@ from audioldm_trt.benchmarks.loadtest import (
     poisson_arrivals,
 )
 
-
-def run_loadtest(*args: str) -> subprocess.CompletedProcess[str]:
-    """``audioldm-trt loadtest ARGS``."""
-    command = [sys.executable, "-m", "audioldm_trt.benchmarks.loadtest", "loadtest", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+from test_cli import run_cli
 
 
 class StandIn:
@@ -317,9 +312,9 @@ def test_batch_size_histogram_is_read_from_prometheus_text() -> None:
 
 def test_loadtest_command_prints_the_table_and_writes_the_record(tmp_path: Path) -> None:
     with stand_in() as server:
-        result = run_loadtest(
-            "--url", server.url, "--rate", "20", "40", "--requests", "20", "--seed", "5", "--output", str(tmp_path),
-            "--mix", "short=0.7:steps=2", "long=0.3:steps=6", "broken=0.1:prompt=status 503",
+        result = run_cli(
+            "loadtest", "--url", server.url, "--rate", "20", "40", "--requests", "20", "--seed", "5",
+            "--output", str(tmp_path), "--mix", "short=0.7:steps=2", "long=0.3:steps=6", "broken=0.1:prompt=status 503",
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "loadtest.json").read_text())
@@ -332,14 +327,14 @@ def test_loadtest_command_prints_the_table_and_writes_the_record(tmp_path: Path)
 
 
 def test_loadtest_command_errors_are_one_line(tmp_path: Path) -> None:
-    bad_mix = run_loadtest("--url", "http://127.0.0.1:9", "--rate", "1", "--requests", "1", "--mix", "short=x")
+    bad_mix = run_cli("loadtest", "--url", "http://127.0.0.1:9", "--rate", "1", "--requests", "1", "--mix", "short=x")
     assert bad_mix.returncode == 2 and bad_mix.stderr.count("\n") == 1 and "weight" in bad_mix.stderr
-    no_window = run_loadtest("--url", "http://127.0.0.1:9", "--rate", "1")
+    no_window = run_cli("loadtest", "--url", "http://127.0.0.1:9", "--rate", "1")
     assert no_window.returncode == 2 and no_window.stderr.count("\n") == 1, no_window.stderr
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    unreachable = run_loadtest("--url", url, "--rate", "1", "--requests", "1", "--output", str(tmp_path))
+    unreachable = run_cli("loadtest", "--url", url, "--rate", "1", "--requests", "1", "--output", str(tmp_path))
     assert unreachable.returncode == 1 and unreachable.stderr.count("\n") == 1, unreachable.stderr
     assert "not ready" in unreachable.stderr and not list(tmp_path.iterdir())
 
