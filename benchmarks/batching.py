@@ -121,7 +121,10 @@ async def measure_mode(client: LoadClient, settings: ComparisonSettings) -> dict
     if capacity <= 0:
         raise LoadTestError(f"no request succeeded in the capacity run: {capacity_run['outcomes']}")
     rate = settings.load * capacity
-    logger.info("capacity %.3g requests/s; loading at %.3g/s", capacity, rate)
+    minutes = settings.requests / rate / 60
+    logger.info(
+        "capacity %.3g requests/s; %d arrivals at %.3g/s: about %.0f min", capacity, settings.requests, rate, minutes
+    )
     arrivals = poisson_arrivals(rate, settings.mix, settings.seed, count=settings.requests)
     loaded = await measured_phase(
         client, arrivals, settings.mix, rate=rate, batch_size_metric=settings.batch_size_metric
