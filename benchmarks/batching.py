@@ -123,7 +123,7 @@ async def measure_mode(client: LoadClient, settings: ComparisonSettings) -> dict
     rate = settings.load * capacity
     minutes = settings.requests / rate / 60
     logger.info(
-        "capacity %.3g requests/s; %d arrivals at %.3g/s: about %.0f min", capacity, settings.requests, rate, minutes
+        "capacity %.3g requests/s; %d arrivals at %.3g/s: about %.1f min", capacity, settings.requests, rate, minutes
     )
     arrivals = poisson_arrivals(rate, settings.mix, settings.seed, count=settings.requests)
     loaded = await measured_phase(
