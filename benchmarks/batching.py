@@ -185,7 +185,7 @@ def markdown(record: dict[str, Any]) -> str:
         loaded = result["loaded"]
         batch = loaded["mean_batch_size"]
         lines.append(
-            f"| {MODES[mode]} | {result['capacity']:.3g} | {loaded['rate']:.3g} | {loaded['throughput']:.3g} "
+            f"| {MODES[mode]} | {result['capacity']:#.3g} | {loaded['rate']:#.3g} | {loaded['throughput']:#.3g} "
             f"| {'-' if batch is None else f'{batch:.2f}'} | {errors_cell(loaded['outcomes'])} |"
         )
     lines += [
