@@ -273,8 +273,8 @@ def _read_answer(status: int, data: bytes, body: Mapping[str, Any]) -> tuple[str
         message = answer.get("error") if isinstance(answer, dict) else None
         return str(status), None, str(message) if message is not None else data[:200].decode(errors="replace")
     try:
-        queue = float(answer["timings"]["queue"])  # type: ignore[index]
-        complete = len(answer["audio"]) == body.get("waveforms", 1)  # type: ignore[index]
+        queue = float(answer["timings"]["queue"])
+        complete = len(answer["audio"]) == body.get("waveforms", 1)
     except (KeyError, TypeError, ValueError):
         complete = False
     if not complete:
