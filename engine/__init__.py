@@ -5,14 +5,18 @@ engine = Engine.load("engines/tiny")
 audio = engine.generate("a dog barking", seed=0)   # float32 (1, samples) at engine.sampling_rate
 """
 
+from .denoising import Denoising
 from .errors import BackendUnavailableError, EngineDirectoryError, EngineError, NonFiniteOutputError
 from .pipeline import Engine, Generation
+from .request import GenerationRequest
 
 __all__ = [
     "BackendUnavailableError",
+    "Denoising",
     "Engine",
     "EngineDirectoryError",
     "EngineError",
     "Generation",
+    "GenerationRequest",
     "NonFiniteOutputError",
 ]

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,12 +19,16 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .backends import BACKENDS
+from .backends.profiles import OutOfProfileError
 from .errors import EngineError
+from .files import temporary_beside
 from .schedulers import SCHEDULERS
 
 logger = logging.getLogger("audioldm_trt")
 
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+#: The entry-point group through which packages built on the engine add their subcommands.
+COMMAND_GROUP = "audioldm_trt.commands"
 
 
 class UsageError(Exception):
@@ -39,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -49,7 +52,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -59,14 +62,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _finite_float(text)
+def positive_float(text: str) -> float:
+    value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _seed(text: str) -> int:
+def seed_value(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -76,7 +79,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -102,101 +105,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         help="seconds of audio (default: the model's, 5.12 s for the public checkpoints)",
     )
-    generate.add_argument("--steps", type=_positive_int, default=10, help="denoising steps (default 10)")
+    generate.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
     generate.add_argument(
         "--guidance",
-        type=_finite_float,
+        type=finite_float,
         default=2.5,
         help="classifier-free guidance scale; <= 1 disables it (default 2.5)",
     )
     generate.add_argument("--negative-prompt", help="what the audio should not contain (one for all prompts)")
-    generate.add_argument("--waveforms", type=_positive_int, default=1, help="waveforms per prompt (default 1)")
-    generate.add_argument("--eta", type=_finite_float, default=0.0, help="DDIM eta (default 0)")
+    generate.add_argument("--waveforms", type=positive_int, default=1, help="waveforms per prompt (default 1)")
+    generate.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (default 0)")
     generate.add_argument(
-        "--seed", type=_seed, help="seed; equal seeds give diffusers' audio for torch.Generator().manual_seed(seed)"
+        "--seed",
+        type=seed_value,
+        help="seed; equal seeds give diffusers' audio for torch.Generator().manual_seed(seed)",
     )
     generate.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="scheduler (default: the checkpoint's)")
     generate.add_argument(
         "--scheduler-config",
-        type=_json_object,
+        type=json_object,
         default={},
         metavar="JSON",
         help="scheduler config overrides, e.g. '{\"use_karras_sigmas\": true}'",
     )
     generate.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
-    generate.add_argument("--threads", type=_positive_int, help="ONNX Runtime threads per call (default: all cores)")
-    generate.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
+    generate.add_argument("--threads", type=positive_int, help="ONNX Runtime threads per call (default: all cores)")
+    generate.add_argument(
+        "--no-verify", action="store_true", help="check the sizes of the engine files, not their hashes"
+    )
     generate.set_defaults(handler=_generate)
 
-    export = commands.add_parser("export", parents=[common], help="export a diffusers AudioLDM checkpoint to ONNX")
-    export.add_argument(
-        "--model", required=True, help="local diffusers directory or hub id, e.g. cvssp/audioldm-s-full-v2"
-    )
-    export.add_argument("--output", required=True, type=Path, help="engine directory to write")
-    export.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
-    export.add_argument("--fp32", nargs="+", default=[], metavar="GRAPH", help="graphs to keep fp32 in an fp16 export")
-    export.add_argument("--force", action="store_true", help="replace an existing output directory")
-    export.set_defaults(handler=_export)
-
-    build = commands.add_parser(
-        "build", parents=[common], help="build TensorRT engines for an export (needs an NVIDIA GPU; takes minutes)"
-    )
-    build.add_argument("engine", type=Path, metavar="DIR", help="directory written by `audioldm-trt export`")
-    build.add_argument(
-        "--batch", metavar="MIN:OPT:MAX", help="waveforms per generation the engines take (default 1:1:4)"
-    )
-    build.add_argument(
-        "--duration",
-        metavar="MIN:OPT:MAX",
-        help="seconds of audio the engines take (default: the model's shortest : its default : twice its default)",
-    )
-    build.add_argument("--workspace", metavar="SIZE", help="TensorRT scratch memory cap, e.g. 4G (default: TensorRT's)")
-    build.add_argument("--force", action="store_true", help="rebuild engines that are up to date")
-    build.set_defaults(handler=_build)
-
-    random_model = commands.add_parser(
-        "random-model", parents=[common], help="write a random-weight AudioLDM checkpoint"
-    )
-    random_model.add_argument(
-        "--preset", required=True, help="tiny, tiny-deep or s-full-v2 (the architecture of cvssp/audioldm-s-full-v2)"
-    )
-    random_model.add_argument("--output", required=True, type=Path, help="directory to write (diffusers layout)")
-    random_model.add_argument("--seed", type=_seed, default=0, help="weight seed (default 0)")
-    random_model.add_argument("--force", action="store_true", help="replace an existing output directory")
-    random_model.set_defaults(handler=_random_model)
-
-    bench = commands.add_parser(
-        "bench", parents=[common], help="time this runtime against diffusers on the same work, outputs compared"
-    )
-    source = bench.add_argument_group("model (default: the random-weight --preset, exported into --cache)")
-    source.add_argument("--model", help="diffusers checkpoint (local directory or hub id) to benchmark")
-    source.add_argument("--preset", default="s-full-v2", help="random-weight preset (default s-full-v2)")
-    source.add_argument("--engine", type=Path, help="use this export instead of exporting (diffusers loads its source)")
-    source.add_argument("--cache", type=Path, help="exports kept here (~/.cache/audioldm-trt/bench)")
-    bench.add_argument("--duration", type=_positive_float, default=5.0, help="seconds of audio (default 5)")
-    bench.add_argument("--steps", type=_positive_int, default=10, help="denoising steps (default 10)")
-    bench.add_argument("--guidance", type=_finite_float, default=2.5, help="guidance scale (default 2.5)")
-    bench.add_argument("--batch", type=_positive_int, default=1, help="prompts per generation (default 1)")
-    bench.add_argument("--runs", type=_positive_int, default=5, help="timed runs of each contender (default 5)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed runs first (default 1)")
-    bench.add_argument(
-        "--backends",
-        nargs="+",
-        choices=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
-        metavar="BACKEND",
-        help="onnxruntime-cpu, onnxruntime-cuda, tensorrt (default: the last two on a GPU host, else the first)",
-    )
-    bench.add_argument("--compile", action="store_true", help="also run diffusers with a torch.compile'd UNet")
-    bench.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
-    bench.set_defaults(handler=_bench)
+    for add_commands in plugged_in_commands():
+        add_commands(commands, common)
     return parser
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from .manifest import Manifest
     from .pipeline import Engine
+    from .request import GenerationRequest, SchedulerChoice
 
     target = args.output
     if target.suffix.lower() not in AUDIO_FORMATS:
@@ -207,6 +157,20 @@ def _generate(args: argparse.Namespace) -> None:
         raise OSError(f"cannot write to {target.parent}")
     paths = output_paths(target, len(args.prompt) * args.waveforms)
     _check_writable(paths)  # before minutes of work, not after
+    # The arguments are checked against the export before anything is loaded.
+    manifest = Manifest.load(args.engine)
+    request = GenerationRequest.create(
+        manifest,
+        SchedulerChoice.of_export(manifest, args.scheduler, args.scheduler_config),
+        args.prompt,
+        audio_length_in_s=args.duration,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        negative_prompt=args.negative_prompt,
+        num_waveforms_per_prompt=args.waveforms,
+        eta=args.eta,
+        seed=args.seed,
+    )
     engine = Engine.load(
         args.engine,
         backend=args.backend,
@@ -216,17 +180,7 @@ def _generate(args: argparse.Namespace) -> None:
         threads=args.threads,
     )
     print(f"running on {engine.backend.describe()} with {engine.scheduler_name}")
-    result = engine.run(
-        args.prompt,
-        audio_length_in_s=args.duration,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        negative_prompt=args.negative_prompt,
-        num_waveforms_per_prompt=args.waveforms,
-        eta=args.eta,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    result = engine.complete(request, progress=not args.quiet)
     write_audio_files(paths, result.audio, engine.sampling_rate)
     seconds = result.audio.shape[1] / engine.sampling_rate
     for path in paths:
@@ -257,10 +211,9 @@ def write_audio_files(paths: Sequence[Path], audio: np.ndarray, sampling_rate: i
     placed: list[Path] = []
     try:
         for path, waveform in zip(paths, audio, strict=True):
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-            os.close(fd)
-            pending.append((Path(name), path))
-            soundfile.write(name, waveform, sampling_rate, format=AUDIO_FORMATS[path.suffix.lower()])
+            temporary = temporary_beside(path)
+            pending.append((temporary, path))
+            soundfile.write(temporary, waveform, sampling_rate, format=AUDIO_FORMATS[path.suffix.lower()])
         for temporary, path in pending:
             os.replace(temporary, path)
             placed.append(path)
@@ -270,75 +223,19 @@ def write_audio_files(paths: Sequence[Path], audio: np.ndarray, sampling_rate: i
         raise
 
 
-def _export(args: argparse.Namespace) -> None:
-    exporter = _import_extra("audioldm_trt.export.exporter", "export")
-    _quiet_unless_verbose(args)
-    output = exporter.export_model(
-        args.model, args.output, precision=args.precision, fp32_graphs=args.fp32, force=args.force
-    )
-    print(f"exported {args.model} to {output}")
+def non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
-def _build(args: argparse.Namespace) -> None:
-    from .backends.profiles import Range
+def plugged_in_commands() -> list[Callable[..., None]]:
+    """The ``add_commands(commands, common)`` functions of the packages built on the engine (export,
+    benchmarks, serving), from the ``audioldm_trt.commands`` entry-point group, in name order."""
+    from importlib.metadata import entry_points
 
-    tensorrt = _import_extra("audioldm_trt.export.tensorrt", "gpu")
-    written = tensorrt.build_engines(
-        args.engine,
-        batch=Range.parse(args.batch, int) if args.batch else None,
-        duration=Range.parse(args.duration, float) if args.duration else None,
-        workspace=tensorrt.parse_size(args.workspace) if args.workspace else None,
-        force=args.force,
-        progress=not args.quiet,
-    )
-    for path in written:
-        print(f"wrote {path}")
-    print(f"TensorRT engines of {args.engine} are ready: audioldm-trt generate ... --engine {args.engine}")
+    return [entry.load() for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)]
 
 
-def _random_model(args: argparse.Namespace) -> None:
-    random_models = _import_extra("audioldm_trt.export.random_models", "export")
-    _quiet_unless_verbose(args)
-    if args.preset not in random_models.PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(random_models.PRESETS)}")
-    output = random_models.write_random_model(args.preset, args.output, seed=args.seed, force=args.force)
-    print(f"wrote a random-weight {args.preset} AudioLDM model to {output}")
-
-
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
-
-
-def _bench(args: argparse.Namespace) -> None:
-    bench = _import_extra("audioldm_trt.benchmarks.bench", "export")
-    report = _import_extra("audioldm_trt.benchmarks.report", "export")
-    _quiet_unless_verbose(args)
-    settings = bench.Settings(
-        model=args.model,
-        preset=args.preset,
-        engine=args.engine,
-        duration=args.duration,
-        steps=args.steps,
-        guidance=args.guidance,
-        batch=args.batch,
-        runs=args.runs,
-        warmup=args.warmup,
-        backends=tuple(args.backends) if args.backends else None,
-        compile=args.compile,
-        cache=args.cache,
-    )
-    record = bench.run_benchmark(settings)
-    paths = report.write_report(record, args.output)
-    print(report.markdown(record))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-
-
-def _quiet_unless_verbose(args: argparse.Namespace) -> None:
-    if not (args.verbose or args.debug):
-        _import_extra("audioldm_trt.export", "export").quiet_hub_libraries()
-
-
-def _import_extra(module: str, extra: str) -> Any:
+def import_extra(module: str, extra: str) -> Any:
     """Import a module that needs an optional extra, with an install hint instead of an ImportError."""
     import importlib
 
@@ -365,13 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # the one place every failure becomes a one-line message and an exit status
         if debug:
             raise
-        status = (
-            2
-            if isinstance(error, UsageError) or (isinstance(error, ValueError) and not isinstance(error, EngineError))
-            else 1
-        )
+        # 2: the command line asks for something wrong (bad arguments, more than the engines were built for);
+        # 1: the engine, its files or the machine failed.
+        bad_request = isinstance(error, ValueError) and not isinstance(error, EngineError)
+        status = 2 if isinstance(error, UsageError | OutOfProfileError) or bad_request else 1
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        prefix = "" if isinstance(error, UsageError) else "audioldm-trt: error: "
+        prefix = "" if message.startswith("audioldm-trt") else "audioldm-trt: error: "
         print(f"{prefix}{message}", file=sys.stderr)
         return status
 

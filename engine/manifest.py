@@ -1,7 +1,14 @@
 """``manifest.json``: everything the runtime needs to know about an exported model, and the checks of it.
 
 The exporter writes it last (the directory is renamed into place after), so a directory with a manifest is a
-complete export; the sha256 of every file lets the runtime name the file that is missing or corrupt.
+complete export; the size and hashes of every file let the runtime name the file that is missing or corrupt.
+
+Every load hashes every byte of every file with XXH3-128 (xxhash), which runs at memory speed, several times
+faster than sha256, and hashes the weights while the sessions are being created (benchmarks/README.md has the
+figures). XXH3-128 is for corruption: a changed file passes only with a chance of 2**-128. It is not for
+tampering, which a manifest kept beside the files cannot detect anyway. The manifest checks itself likewise:
+it records the XXH3-128 of the rest of its content. The sha256 of each file is recorded too: it identifies the
+graph a TensorRT engine was built from, and it is what older manifests, without XXH3-128, are checked by.
 """
 
 from __future__ import annotations
@@ -9,19 +16,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import xxhash
 
 from .errors import EngineDirectoryError
 
 MANIFEST_NAME = "manifest.json"
 #: 2: the fused-attention graphs ONNX Runtime runs (``onnxruntime_file``) and the activation sizes.
 FORMAT_VERSION = 2
+#: The manifest's key for the XXH3-128 of the rest of its content (as canonical JSON): the manifest checks itself.
+SELF_DIGEST = "manifest_xxh3_128"
 #: The graphs of an export, in pipeline order.
 GRAPH_NAMES = ("text_encoder", "unet", "vae_decoder", "vocoder")
+#: Appended to a graph's file name, the file that holds its weights (ONNX external data).
+WEIGHTS_SUFFIX = ".data"
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,8 @@ class GraphSpec:
     #: Runtime runs (0 for the text encoder, whose tensors do not grow with the audio): what ``memory.py`` scales.
     activation_bytes_per_row: float
     #: The graph ONNX Runtime runs: ``file``, or for a network with attention its form with ONNX Runtime's fused
-    #: attention operator, in memory linear in the tokens (see ``audioldm_trt.export.attention``).
+    #: attention operator, in memory linear in the tokens (see ``audioldm_trt.export.attention``). Both forms
+    #: read their weights from ``file``'s weights file.
     onnxruntime_file: str
 
 
@@ -51,6 +68,13 @@ class GraphSpec:
 class FileRecord:
     sha256: str
     bytes: int
+    #: What every load checks; None in manifests written before it was recorded (their sha256 is checked).
+    xxh3_128: str | None = None
+
+    @property
+    def checked_digest(self) -> tuple[str, str]:
+        """The hash a load checks: its name and the manifest's value."""
+        return ("xxh3_128", self.xxh3_128) if self.xxh3_128 is not None else ("sha256", self.sha256)
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,9 @@ class Manifest:
             raise EngineDirectoryError(f"{path} is missing: {directory} is not a complete export")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            recorded = data.pop(SELF_DIGEST, None)  # absent from manifests written before it was recorded
+            if recorded is not None and recorded != _content_digest(data):
+                raise EngineDirectoryError(f"{path} does not match its own xxh3_128: it is corrupt")
             if data.get("format_version") != FORMAT_VERSION:
                 raise EngineDirectoryError(
                     f"{path} has format version {data.get('format_version')}, this runtime reads {FORMAT_VERSION}:"
@@ -154,12 +181,59 @@ class Manifest:
             raise EngineDirectoryError(f"{path} is corrupt ({type(error).__name__}: {error})") from None
 
     def save(self, directory: str | Path) -> None:
-        Path(directory, MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        data = asdict(self)
+        text = json.dumps(data | {SELF_DIGEST: _content_digest(data)}, indent=2)
+        Path(directory, MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
+
+    def graph_files(self, graph: str) -> list[str]:
+        """The files of a graph: the graph itself and, where it has one, the file of its weights."""
+        file = self.graphs[graph].file
+        return [f for f in (file, file + WEIGHTS_SUFFIX) if f in self.files]
+
+    def graph_bytes(self, graph: str) -> int:
+        return sum(self.files[f].bytes for f in self.graph_files(graph))
+
+    def graph_sha256(self, graph: str) -> str:
+        """The identity of a graph, structure and weights, from the sha256 of its files."""
+        digest = hashlib.sha256()
+        for relative in self.graph_files(graph):
+            digest.update(f"{relative} {self.files[relative].sha256}\n".encode())
+        return digest.hexdigest()
 
     def verify(self, directory: str | Path, hashes: bool = True) -> None:
         """Raise EngineDirectoryError naming the first file that is missing, truncated or (with ``hashes``)
-        whose sha256 differs from the manifest's."""
+        whose hash differs from the manifest's."""
+        with self.verifying(directory, hashes):
+            pass
+
+    @contextmanager
+    def verifying(self, directory: str | Path, hashes: bool = True) -> Iterator[None]:
+        """``verify``, overlapped with the body of the ``with`` block, which loads the export.
+
+        Sizes, and the hashes of every file but the weights (graph structure, tokenizer: what parsers read),
+        are checked before the body runs. The weight files are only ever read as numbers, so they are hashed
+        in a background thread while the body creates the sessions; leaving the block waits for them. If the
+        body fails and a file is corrupt, the error raised is the one naming the file: a corrupt graph often
+        makes the backend fail first, with a message that does not."""
         directory = Path(directory)
+        self._check_sizes(directory)
+        if not hashes:
+            yield
+            return
+        weights = [relative for relative in self.files if relative.endswith(WEIGHTS_SUFFIX)]
+        self._check_hashes(directory, [relative for relative in self.files if relative not in weights])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
+            checked = pool.submit(self._check_hashes, directory, weights)
+            try:
+                yield
+            except BaseException as failure:
+                corrupt = checked.exception()
+                if corrupt is not None:
+                    raise corrupt from failure
+                raise
+            checked.result()
+
+    def _check_sizes(self, directory: Path) -> None:
         missing_graphs = [name for name in GRAPH_NAMES if name not in self.graphs]
         if missing_graphs:
             raise EngineDirectoryError(f"{directory / MANIFEST_NAME} lists no {missing_graphs[0]} graph")
@@ -170,24 +244,40 @@ class Manifest:
             size = path.stat().st_size
             if size != record.bytes:
                 raise EngineDirectoryError(f"{path} has {size} bytes, the manifest says {record.bytes}: it is corrupt")
-        if not hashes:
-            return
-        # hashlib releases the GIL on large buffers: the files hash in parallel, one per core.
-        paths = [directory / relative for relative in self.files]
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-            digests = list(pool.map(sha256_file, paths))
-        for path, digest, record in zip(paths, digests, self.files.values(), strict=True):
-            if digest != record.sha256:
-                raise EngineDirectoryError(f"{path} does not match its sha256 in the manifest: it is corrupt")
+
+    def _check_hashes(self, directory: Path, relatives: list[str]) -> None:
+        for relative in relatives:
+            path = directory / relative
+            name, expected = self.files[relative].checked_digest
+            digest = xxhash.xxh3_128() if name == "xxh3_128" else hashlib.sha256()
+            _hash_file(path, digest)
+            if digest.hexdigest() != expected:
+                raise EngineDirectoryError(f"{path} does not match its {name} in the manifest: it is corrupt")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _content_digest(data: dict[str, Any]) -> str:
+    """XXH3-128 of ``data`` as canonical JSON: what the manifest says, whatever its layout."""
+    return xxhash.xxh3_128_hexdigest(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+
+
+class _Digest(Protocol):
+    def update(self, data: mmap.mmap, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hash_file(path: Path, *digests: _Digest) -> None:
+    """Feed the bytes of ``path`` to each digest through a read-only memory map: no copy into this process, and
+    both libraries release the GIL while they hash."""
     with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        if os.fstat(stream.fileno()).st_size == 0:
+            return  # mmap cannot map an empty file; the digests of nothing are what they are
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            for digest in digests:
+                digest.update(mapped)
 
 
 def file_record(path: Path) -> FileRecord:
-    return FileRecord(sha256=sha256_file(path), bytes=path.stat().st_size)
+    sha256, xxh3_128 = hashlib.sha256(), xxhash.xxh3_128()
+    _hash_file(path, sha256, xxh3_128)
+    return FileRecord(sha256=sha256.hexdigest(), bytes=path.stat().st_size, xxh3_128=xxh3_128.hexdigest())

@@ -8,23 +8,27 @@ same latents give the same audio.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from .backends import Backend, Graph, create_backend
-from .errors import NonFiniteOutputError
-from .manifest import GRAPH_NAMES, Manifest
-from .random import TorchGenerator, fresh_seed
-from .schedulers import Scheduler, scheduler_class
+from .backends.base import Link
+from .denoising import Denoising
+from .errors import EngineError, NonFiniteOutputError
+from .manifest import Manifest
+from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
+
+#: The VAE's mel (batch, 1, frames, bins) is the vocoder's input (batch, frames, bins): on a GPU it stays there.
+MEL = Link("mel", "mel", squeeze=1)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,11 @@ class Generation:
 
 
 class Engine:
-    """An exported AudioLDM model loaded on one backend; thread-safe, load once and call many times."""
+    """An exported AudioLDM model loaded on one backend; thread-safe, load once and call many times.
+
+    ``run`` (and ``generate``) is one request through the four steps a server drives itself for many:
+    ``request`` checks the arguments, ``start`` encodes the prompts and draws the noise, ``step`` makes one UNet
+    call for any number of requests of one latent height, ``decode`` turns finished ones into audio."""
 
     def __init__(
         self,
@@ -51,8 +59,7 @@ class Engine:
         backend: Backend,
         graphs: dict[str, Graph],
         tokenizer: PromptTokenizer,
-        scheduler: type[Scheduler],
-        scheduler_config: dict[str, Any],
+        scheduler: SchedulerChoice,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -60,7 +67,6 @@ class Engine:
         self._graphs = graphs
         self._tokenizer = tokenizer
         self._scheduler = scheduler
-        self._scheduler_config = scheduler_config
         # diffusers tokenizes negative prompts with max_length = the embedding size (it reuses
         # prompt_embeds.shape[1] there); the real checkpoints' 512 makes that the tokenizer's limit, small
         # models truncate earlier, and the same audio needs the same truncation.
@@ -81,27 +87,25 @@ class Engine:
 
         ``scheduler`` is a diffusers class name (default: the checkpoint's own); ``scheduler_config``
         overrides keys of the checkpoint's scheduler config. ``verify`` checks every file against the
-        manifest's sha256 (sizes are always checked). ``threads`` caps ONNX Runtime's threads per graph call
-        (default: one per core), for hosts that share the cores."""
+        manifest's hashes while the graphs load (sizes are always checked). ``threads`` caps ONNX Runtime's
+        threads per graph call (default: one per core), for hosts that share the cores."""
         if threads is not None:
-            threads = _positive_int(threads, "threads")
+            threads = positive_int(threads, "threads")
         directory = Path(directory)
         manifest = Manifest.load(directory)
-        base_config = dict(manifest.scheduler)
-        scheduler_type = scheduler_class(scheduler or base_config.get("_class_name", "DDIMScheduler"))
-        resolved = scheduler_type.from_config(base_config, scheduler_config).config
-        manifest.verify(directory, hashes=verify)
-        runtime = create_backend(backend, directory, manifest, threads)
-        graphs = {name: runtime.load(directory, manifest, name) for name in GRAPH_NAMES}
+        choice = SchedulerChoice.of_export(manifest, scheduler, scheduler_config)
+        with manifest.verifying(directory, hashes=verify):
+            runtime = create_backend(backend, directory, manifest, threads)
+            graphs = runtime.load_graphs(directory, manifest)
         tokenizer = PromptTokenizer.from_directory(directory / "tokenizer")
-        engine = cls(directory, manifest, runtime, graphs, tokenizer, scheduler_type, resolved)
+        engine = cls(directory, manifest, runtime, graphs, tokenizer, choice)
         logger.info(
             "loaded %s (%s graphs from %s) on %s with %s",
             directory,
             manifest.precision,
             manifest.source,
             runtime.describe(),
-            scheduler_type.name,
+            choice.type.name,
         )
         return engine
 
@@ -111,12 +115,12 @@ class Engine:
 
     @property
     def scheduler_name(self) -> str:
-        return self._scheduler.name
+        return self._scheduler.type.name
 
     def encode_prompt(self, prompt: str | Sequence[str]) -> np.ndarray:
         """L2-normalised CLAP embeddings (n, D) of the prompts, as diffusers' ``_encode_prompt`` gives for one
         side of guidance."""
-        return self._encode(_prompt_list(prompt, "prompt"), [])[0]
+        return self._encode(list(prompt_list(prompt, "prompt")), [])[0]
 
     def generate(
         self,
@@ -164,98 +168,162 @@ class Engine:
         progress: bool = False,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
-        started = time.perf_counter()
-        model = self.manifest.model
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("pass exactly one of prompt and prompt_embeds")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds")
-        prompts = [] if prompt is None else _prompt_list(prompt, "prompt")
-        given = _embeddings(prompt_embeds, "prompt_embeds", model.embedding_dim)
-        count = len(given) if given is not None else len(prompts)
-        given_negative = _embeddings(negative_prompt_embeds, "negative_prompt_embeds", model.embedding_dim)
-        if given_negative is not None and len(given_negative) != count:
-            raise ValueError(f"negative_prompt_embeds has {len(given_negative)} rows for {count} prompts")
-        negatives = _negative_list(negative_prompt, count)
-        steps = _positive_int(num_inference_steps, "num_inference_steps")
-        waveforms = _positive_int(num_waveforms_per_prompt, "num_waveforms_per_prompt")
-        guidance = _finite(guidance_scale, "guidance_scale")
-        eta = _finite(eta, "eta")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        length = (
-            model.default_audio_length_in_s
-            if audio_length_in_s is None
-            else _finite(audio_length_in_s, "audio_length_in_s")
+        request = self.request(
+            prompt,
+            audio_length_in_s=audio_length_in_s,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            num_waveforms_per_prompt=num_waveforms_per_prompt,
+            eta=eta,
+            seed=seed,
+            latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
         )
-        if length < model.min_audio_length_in_s:
-            raise ValueError(
-                f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
-            )
-        batch = count * waveforms
-        shape = (batch, model.latent_channels, model.latent_height(length), model.latent_width)
-        if latents is not None:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must have shape {shape} for these arguments, got {latents.shape}")
-        guided = guidance > 1.0
-        self.backend.check_workload(batch, shape[2])
-        scheduler = self._scheduler(self._scheduler_config)
-        scheduler.set_timesteps(steps)
-        seed = fresh_seed() if seed is None else seed
-        generator = TorchGenerator(seed)
+        return self.complete(request, progress)
 
-        timings = dict.fromkeys(("text_encoder", "unet", "scheduler", "vae_decoder", "vocoder"), 0.0)
-        clock = time.perf_counter()
-        # As diffusers: given embeddings are used as they are; the others are encoded (in one call).
-        positive, negative = self._encode(prompts, negatives if guided and negatives is not None else [])
-        positive = given if given is not None else positive
-        if given_negative is not None:
-            negative = given_negative
-        elif guided and negatives is None:
-            negative = np.repeat(self._empty_embedding, count, axis=0)
-        embeddings = np.repeat(positive, waveforms, axis=0)
-        if guided:
-            embeddings = np.concatenate([np.repeat(negative, waveforms, axis=0), embeddings])
-        timings["text_encoder"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        if latents is None:
-            latents = generator.randn(shape)
-        latents = latents * np.float32(scheduler.init_noise_sigma)
-        unet_calls = 0
-        bar = _progress_bar(len(scheduler.timesteps), progress)
-        for t in scheduler.timesteps:
-            model_input = np.concatenate([latents, latents]) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            unet_clock = time.perf_counter()
-            noise = self._run(
-                "unet",
-                sample=np.ascontiguousarray(model_input, dtype=np.float32),
-                timestep=np.full(len(model_input), t, dtype=np.float32),
-                class_labels=embeddings,
-            )
-            timings["unet"] += time.perf_counter() - unet_clock
-            unet_calls += 1
-            if guided:
-                uncond, text = noise[:batch], noise[batch:]
-                noise = uncond + guidance * (text - uncond)
-            latents = scheduler.step(noise, t, latents, eta=eta, generator=generator)
+    def complete(self, request: GenerationRequest, progress: bool = False) -> Generation:
+        """Run a checked request to its audio, alone: ``start``, ``step`` until done, ``decode``."""
+        self.backend.check_workload(request.waveforms, request.latent_height)
+        (state,) = self.start([request])
+        bar = _progress_bar(state.calls_total, progress)
+        try:
+            while not state.done:
+                self.step([state])
+                if bar is not None:
+                    bar.update()
+        finally:
             if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
-        timings["scheduler"] = time.perf_counter() - clock - timings["unet"]
+                bar.close()
+        (generation,) = self.decode([state])
+        return generation
 
+    def request(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        audio_length_in_s: float | None = None,
+        num_inference_steps: int = 10,
+        guidance_scale: float = 2.5,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_waveforms_per_prompt: int = 1,
+        eta: float = 0.0,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        prompt_embeds: np.ndarray | None = None,
+        negative_prompt_embeds: np.ndarray | None = None,
+        scheduler: str | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
+    ) -> GenerationRequest:
+        """Check ``run``'s arguments, ValueError naming the bad one; no graph runs. ``scheduler`` (a diffusers
+        class name) and ``scheduler_config`` change the engine's scheduler for this request alone."""
+        choice = self._scheduler
+        if scheduler is not None or scheduler_config:
+            choice = SchedulerChoice.resolve(choice.config, scheduler or choice.type.name, scheduler_config)
+        request = GenerationRequest.create(
+            self.manifest,
+            choice,
+            prompt,
+            audio_length_in_s=audio_length_in_s,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            num_waveforms_per_prompt=num_waveforms_per_prompt,
+            eta=eta,
+            seed=seed,
+            latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+        )
+        self.backend.check_workload(request.waveforms, request.latent_height)
+        return request
+
+    def start(self, requests: Sequence[GenerationRequest]) -> list[Denoising]:
+        """The loop states of ``requests``: every prompt and negative prompt among them encoded in one text
+        encoder call, the initial noise drawn from each request's seed."""
+        started = time.perf_counter()
+        prompts = [p for r in requests for p in r.prompts]
+        negatives = [n for r in requests if r.guided and r.negative_prompts for n in r.negative_prompts]
+        positive, negative = self._encode(prompts, negatives)
+        encoded = time.perf_counter() - started
+        states = []
+        for request in requests:
+            if request.prompt_embeds is not None:
+                own = request.prompt_embeds
+            else:
+                own, positive = positive[: request.prompt_count], positive[request.prompt_count :]
+            class_labels = np.repeat(own, request.waveforms_per_prompt, axis=0)
+            if request.guided:
+                if request.negative_prompt_embeds is not None:
+                    own_negative = request.negative_prompt_embeds
+                elif request.negative_prompts is not None:
+                    own_negative, negative = negative[: request.prompt_count], negative[request.prompt_count :]
+                else:
+                    own_negative = np.repeat(self._empty_embedding, request.prompt_count, axis=0)
+                class_labels = np.concatenate(
+                    [np.repeat(own_negative, request.waveforms_per_prompt, axis=0), class_labels]
+                )
+            state = Denoising(request, class_labels, started)
+            state.timings["text_encoder"] = encoded
+            states.append(state)
+        return states
+
+    def step(self, states: Sequence[Denoising]) -> None:
+        """One UNet call for all of ``states`` (one latent height, none done), then each one's scheduler step.
+        Each state is charged the whole call's time."""
+        _check_batch(states, "step", done=False)
         clock = time.perf_counter()
-        mel = self._run("vae_decoder", latents=latents * np.float32(1 / model.vae_scaling_factor))
-        timings["vae_decoder"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        waveform = self._run("vocoder", mel=mel[:, 0])
-        timings["vocoder"] = time.perf_counter() - clock
-        audio = np.ascontiguousarray(waveform[:, : model.waveform_length(length)], dtype=np.float32)
-        timings["total"] = time.perf_counter() - started
-        return Generation(audio=audio, seed=seed, timings=timings, unet_calls=unet_calls)
+        inputs = [state.unet_inputs() for state in states]
+        unet_clock = time.perf_counter()
+        noise_pred = self._run(
+            "unet",
+            sample=np.ascontiguousarray(_joined([sample for sample, _ in inputs]), dtype=np.float32),
+            timestep=_joined([timestep for _, timestep in inputs]),
+            class_labels=_joined([state.class_labels for state in states]),
+            reuse=("class_labels",),
+        )
+        unet_seconds = time.perf_counter() - unet_clock
+        offset = 0
+        for state in states:
+            rows = state.request.unet_rows
+            state.advance(noise_pred[offset : offset + rows])
+            offset += rows
+        host_seconds = time.perf_counter() - clock - unet_seconds
+        for state in states:
+            state.timings["unet"] += unet_seconds
+            state.timings["scheduler"] += host_seconds
+
+    def decode(self, states: Sequence[Denoising]) -> list[Generation]:
+        """The audio of finished ``states`` (one latent height): one VAE decoder and one vocoder call for all."""
+        _check_batch(states, "decode", done=True)
+        model = self.manifest.model
+        latents = _joined([state.latents for state in states]) * np.float32(1 / model.vae_scaling_factor)
+        waveform, seconds = self._decode(latents)
+        generations = []
+        offset = 0
+        for state in states:
+            request = state.request
+            rows = waveform[offset : offset + request.waveforms, : model.waveform_length(request.audio_length_in_s)]
+            offset += request.waveforms
+            timings = state.timings | seconds
+            timings["total"] = time.perf_counter() - state.started
+            audio = np.ascontiguousarray(rows, dtype=np.float32)
+            generations.append(Generation(audio=audio, seed=request.seed, timings=timings, unet_calls=state.calls_done))
+        return generations
+
+    def close(self) -> None:
+        """Free the sessions and the GPU memory now (hosts that must free the GPU; else the garbage collector
+        does it). Calls after it raise EngineError; closing again does nothing."""
+        self._graphs = {}
+        self.backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
     def _encode(self, prompts: list[str], negatives: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of prompts and negative prompts in one text encoder call (each side may be empty)."""
@@ -275,60 +343,51 @@ class Engine:
         embeddings = self._run("text_encoder", input_ids=ids, attention_mask=mask)
         return embeddings[: len(prompts)], embeddings[len(prompts) :]
 
-    def _run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
-        """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here)."""
-        (output,) = self._graphs[graph].run(feeds).values()
+    def _run(self, graph: str, reuse: tuple[str, ...] = (), **feeds: np.ndarray) -> np.ndarray:
+        """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here).
+        ``reuse`` names inputs a backend may keep on its device while they are unchanged."""
+        (output,) = self._graph(graph).run(feeds, reuse).values()
         if not np.isfinite(output).all():
-            precision = self.manifest.graphs[graph].precision
-            hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
-            raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
+            self._non_finite(graph)
         return output
 
+    def _decode(self, latents: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """Waveforms of scaled latents through the VAE decoder and the vocoder in one chained call (on a GPU the
+        mel stays there), and the seconds of each. A NaN/inf waveform runs the VAE decoder alone to name the
+        stage it came from."""
+        decoder = self.backend.chain(self._graph("vae_decoder"), self._graph("vocoder"), MEL)
+        outputs, seconds = decoder.run_timed({"latents": latents})
+        (waveform,) = outputs.values()
+        if not np.isfinite(waveform).all():
+            self._run("vae_decoder", latents=latents)
+            self._non_finite("vocoder")
+        return waveform, seconds
 
-def _prompt_list(prompt: str | Sequence[str], name: str) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
-    if not prompts:
-        raise ValueError(f"{name} is an empty list")
-    return list(prompts)
+    def _graph(self, name: str) -> Graph:
+        if not self._graphs:
+            raise EngineError("this Engine was closed: load it again")
+        return self._graphs[name]
 
-
-def _embeddings(value: np.ndarray | None, name: str, dim: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    array = np.asarray(value, dtype=np.float32)
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (prompts, {dim}), got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} holds NaN or infinity")
-    return array
-
-
-def _negative_list(negative_prompt: str | Sequence[str] | None, count: int) -> list[str] | None:
-    """One negative prompt per prompt; a single string applies to every prompt."""
-    if negative_prompt is None:
-        return None
-    if isinstance(negative_prompt, str):
-        return [negative_prompt] * count
-    negatives = _prompt_list(negative_prompt, "negative_prompt")
-    if len(negatives) != count:
-        raise ValueError(f"negative_prompt has {len(negatives)} entries for {count} prompts")
-    return negatives
+    def _non_finite(self, graph: str) -> None:
+        precision = self.manifest.graphs[graph].precision
+        hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
+        raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def _check_batch(states: Sequence[Denoising], call: str, done: bool) -> None:
+    """``step`` and ``decode`` take a non-empty list of states of one latent height, all finished or none."""
+    if not states:
+        raise ValueError(f"{call} needs at least one generation")
+    heights = sorted({state.request.latent_height for state in states})
+    if len(heights) > 1:
+        raise ValueError(f"{call} batches generations of one latent height, got heights {heights}")
+    if any(state.done != done for state in states):
+        raise ValueError(f"{call} takes {'finished' if done else 'unfinished'} generations only")
 
 
-def _finite(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays stacked along the batch axis, without a copy for one."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

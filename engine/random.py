@@ -32,15 +32,21 @@ def fresh_seed() -> int:
     return secrets.randbits(63)
 
 
+def check_seed(seed: object) -> int:
+    """``seed`` as an int if torch's ``manual_seed`` takes it; ValueError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    if not _SEED_LOW <= seed <= _SEED_HIGH:
+        raise ValueError(f"seed must be in [-2**63, 2**64 - 1] like torch's manual_seed, got {seed}")
+    return seed
+
+
 class TorchGenerator:
     """The stream of ``torch.Generator("cpu").manual_seed(seed)``; ``randn`` continues it as torch does."""
 
     def __init__(self, seed: int) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        seed = int(seed)
-        if not _SEED_LOW <= seed <= _SEED_HIGH:
-            raise ValueError(f"seed must be in [-2**63, 2**64 - 1] like torch's manual_seed, got {seed}")
+        seed = check_seed(seed)
         self.seed = seed
         self._mt = np.random.MT19937()
         self._mt.state = {"bit_generator": "MT19937", "state": {"key": _mt19937_key(seed), "pos": _MT_STATE_SIZE}}

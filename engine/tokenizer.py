@@ -35,6 +35,7 @@ class PromptTokenizer:
         tokenizer.no_truncation()
         tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "<pad>")
         self._template = tokenizer.to_str()
+        self._untruncated = tokenizer
         self._by_length: dict[int, Tokenizer] = {}
         self._lock = threading.Lock()
         self.max_length = max_length
@@ -70,6 +71,11 @@ class PromptTokenizer:
         if pad_id is None:
             raise ValueError(f"tokenizer in {directory} has no pad token {pad!r}")
         return cls(tokenizer, max_length, pad_id)
+
+    def count(self, prompts: list[str]) -> list[int]:
+        """Tokens of each prompt, special tokens included, before any truncation: a prompt over
+        ``max_length`` loses its end (servers refuse such prompts rather than truncate them)."""
+        return [sum(encoding.attention_mask) for encoding in self._untruncated.encode_batch(prompts)]
 
     def __call__(self, prompts: list[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Ids and mask, shape (len(prompts), longest), truncated at ``max_length`` (default the model's)

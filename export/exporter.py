@@ -46,6 +46,8 @@ def load_pipeline(source: str) -> tuple[AudioLDMPipeline, Path]:
         directory = Path(source)
         if not (directory / "model_index.json").is_file():
             raise SourceError(f"{source} is not a diffusers AudioLDM directory (no model_index.json)")
+    elif _is_path(source):
+        raise SourceError(f"{source} does not exist")
     else:
         try:
             from huggingface_hub import snapshot_download
@@ -61,6 +63,11 @@ def load_pipeline(source: str) -> tuple[AudioLDMPipeline, Path]:
         raise SourceError(f"cannot load {directory} as an AudioLDM pipeline: {error}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe, directory
+
+
+def _is_path(source: str) -> bool:
+    """A source that can only be a local path: hub ids are ``name`` or ``owner/name``."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def model_spec(pipe: AudioLDMPipeline) -> ModelSpec:
@@ -129,7 +136,7 @@ def export_model(
                     runtime_path = work / f"{name}.onnxruntime.onnx"
                     export(runtime_path, True)
                     _convert(runtime_path, name, graph_precision)
-                    share_weights([path, runtime_path], work / f"{name}.data")
+                    share_weights(path, [runtime_path])
                 graphs[name] = GraphSpec(
                     file=path.name,
                     precision=graph_precision,

@@ -8,8 +8,8 @@ the graph fails the export, naming the graph, instead of giving wrong audio late
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,21 +22,19 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from onnx import external_data_helper, numpy_helper
 from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
 
+from ..engine.manifest import WEIGHTS_SUFFIX
 from .attention import CONTRIB_DOMAIN, CONTRIB_OPSET, fused_attention
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
-#: Graphs above this size keep their weights in a side file: protobuf cannot hold more than 2 GB.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Relative max difference allowed between the fp32 graph and PyTorch at the verification shapes.
 FP32_TOLERANCE = 1e-4
-#: Tensors from this size up go to the weights file that graphs share; smaller ones stay in the graph.
+#: Tensors from this size up go to the weights file that graphs share; smaller ones stay in the graph, as in
+#: ``save_graph`` (onnx's threshold).
 SHARED_TENSOR_BYTES = 1024
 #: Offsets of tensors in a shared weights file are multiples of the page size, so ONNX Runtime can map them.
 SHARED_TENSOR_ALIGNMENT = 4096
-#: Metadata key of the graphs that share a weights file: the file's sha256.
-WEIGHTS_SHA256_KEY = "audioldm_trt.weights_sha256"
 
 
 class ExportError(RuntimeError):
@@ -258,7 +256,7 @@ def _quiet_tracing() -> Iterator[None]:
 def _export(
     module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO, fused: bool = False
 ) -> None:
-    """Trace ``module`` to ``path`` with the symbolic axes of ``io``; weights inline, or external over 2 GB.
+    """Trace ``module`` to ``path`` with the symbolic axes of ``io``, its weights in a file of their own;
     ``fused``: with its attention layers traced as MultiHeadAttention."""
     dynamic_axes = {
         name: {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
@@ -278,54 +276,52 @@ def _export(
             do_constant_folding=True,
             custom_opsets={CONTRIB_DOMAIN: CONTRIB_OPSET} if fused else None,
         )
-    model = onnx.load(str(path))
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:  # small graphs stay as torch wrote them
-        save_graph(model, path)
+    save_graph(onnx.load(str(path)), path)
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Weights inline, or in ``<name>.data`` beside the graph over the size protobuf can hold."""
-    data = path.with_name(path.name + ".data")
+    """The graph in ``path``, its weights in ``<name>.data`` beside it (tensors of 1 KiB and more; shapes and
+    other small constants stay in the graph).
+
+    ONNX Runtime maps a weights file into memory instead of parsing the weights out of the graph and copying
+    them, which makes its sessions much faster to create and lighter while they are created (figures in
+    benchmarks/README.md); and protobuf could not hold the weights of a graph over 2 GB anyway."""
+    data = path.with_name(path.name + WEIGHTS_SUFFIX)
     data.unlink(missing_ok=True)
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    else:
-        onnx.save_model(model, str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    data.chmod(stat.S_IMODE(path.stat().st_mode))  # onnx makes it private: the graph's mode, from the umask
 
 
-def share_weights(paths: Sequence[Path], data: Path) -> None:
-    """Move the weights of the graphs at ``paths`` into the one file ``data`` beside them, each distinct tensor
-    once: two forms of a network hold the same weights, under names that differ from trace to trace.
-
-    Each graph records the sha256 of ``data`` in its metadata (``WEIGHTS_SHA256_KEY``), so that the digest of
-    the graph file, which TensorRT engine records keep, changes with the weights."""
+def share_weights(graph: Path, others: Sequence[Path]) -> None:
+    """Move the weights of ``graph`` and of ``others`` (other forms of the same network, which hold the same
+    weights under names that differ from trace to trace) into ``graph``'s weights file, each distinct tensor
+    once; the weights files of ``others`` go. The manifest's identity of ``graph`` (its files' digests, which
+    TensorRT engine records keep) thereby covers the weights of every form."""
+    paths = [graph, *others]
+    models = [onnx.load(str(path)) for path in paths]  # reads the weights into memory: their files can go
+    for path in paths:
+        path.with_name(path.name + WEIGHTS_SUFFIX).unlink(missing_ok=True)
+    data = graph.with_name(graph.name + WEIGHTS_SUFFIX)
     offsets: dict[tuple[int, tuple[int, ...], bytes], int] = {}
-    digest = hashlib.sha256()
-    models = []
     with open(data, "wb") as stream:
-        for path in paths:
-            model = onnx.load(str(path))
+        for model in models:
             for tensor in model.graph.initializer:
                 if not tensor.HasField("raw_data"):
                     tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
                 raw = tensor.raw_data
                 if len(raw) < SHARED_TENSOR_BYTES:
                     continue
-                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
+                key = (tensor.data_type, tuple(tensor.dims), raw)
                 if key not in offsets:
-                    padding = b"\0" * (-stream.tell() % SHARED_TENSOR_ALIGNMENT)
-                    for chunk in (padding, raw):
-                        stream.write(chunk)
-                        digest.update(chunk)
-                    offsets[key] = stream.tell() - len(raw)
+                    stream.write(b"\0" * (-stream.tell() % SHARED_TENSOR_ALIGNMENT))
+                    offsets[key] = stream.tell()
+                    stream.write(raw)
                 external_data_helper.set_external_data(tensor, data.name, offsets[key], len(raw))
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
-            models.append(model)
     for path, model in zip(paths, models, strict=True):
-        onnx.helper.set_model_props(model, {WEIGHTS_SHA256_KEY: digest.hexdigest()})
-        path.with_name(path.name + ".data").unlink(missing_ok=True)
         onnx.save_model(model, str(path))
+    data.chmod(stat.S_IMODE(graph.stat().st_mode))
 
 
 def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch.Tensor], io: GraphIO) -> None:

@@ -6,9 +6,11 @@ EXPLICIT_BATCH is deprecated in 10 and gone in 11; so one path builds for both, 
 the export holds (``audioldm-trt export --precision fp16`` makes fp16 graphs).
 
 Every graph gets one optimisation profile from ``BuildRanges.input_shapes`` (the arithmetic the runtime's
-``check_workload`` uses too). An engine is written atomically, then its record (``EngineRecord``: what it was
-built from and for); an engine whose record matches what would be built now is kept, so rerunning the command
-only builds what changed (``force`` rebuilds all). Kernel timings persist in a timing cache per TensorRT
+``check_workload`` uses too), set for the inputs of the network TensorRT's ONNX parser made, which are checked
+against the manifest (names and dtypes; an input the parser dropped as unused gets no profile). An engine is
+written atomically, then its record (``EngineRecord``: what it was built from and for); an engine whose record
+matches what would be built now is kept, so rerunning the command only builds what changed (``force`` rebuilds
+all). Kernel timings persist in a timing cache per TensorRT
 version and GPU under ``DIR/tensorrt/``, which makes rebuilds for other ranges much faster.
 """
 
@@ -21,18 +23,21 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..engine.backends.cuda import Device, current_device
 from ..engine.backends.profiles import BuildRanges, Range, Shape
 from ..engine.backends.tensorrt import (
     ENGINE_DIRECTORY,
     EngineRecord,
     engine_paths,
+    numpy_dtype,
     require_tensorrt,
     tensorrt_logger,
 )
 from ..engine.errors import BackendUnavailableError, EngineError
 from ..engine.files import write_atomically
-from ..engine.manifest import GRAPH_NAMES, Manifest
+from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest
 from .lint import lint_export
 
 if TYPE_CHECKING:
@@ -55,14 +60,17 @@ def build_engines(
     workspace: int | None = None,
     force: bool = False,
     progress: bool = True,
+    requests: int = 1,
 ) -> list[Path]:
     """Build the engines of the export in ``directory``; returns the paths of the engines it wrote.
 
     ``batch`` (waveforms per generation) and ``duration`` (seconds) default to ``BuildRanges.default``;
-    ``workspace`` caps TensorRT's scratch memory in bytes (default: TensorRT's, the GPU's memory)."""
+    ``requests`` is how many generations a server batches into one call (``serve --max-batch``): every batch
+    maximum is that many times larger. ``workspace`` caps TensorRT's scratch memory in bytes (default:
+    TensorRT's, the GPU's memory)."""
     manifest = Manifest.load(directory)
     manifest.verify(directory)
-    ranges = _ranges(manifest, batch, duration)
+    ranges = _ranges(manifest, batch, duration, requests)
     problems = [f"{graph}: {problem}" for graph, found in lint_export(directory, manifest).items() for problem in found]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -83,7 +91,7 @@ def build_engines(
             logger.info("%s is up to date for %s", engine, ranges.to_json())
             continue
         record_path.unlink(missing_ok=True)  # an engine is trusted only with its own record
-        plan = _build(directory / manifest.graphs[graph].file, shapes[graph], workspace, cache, graph, progress)
+        plan = _build(directory, manifest.graphs[graph], shapes[graph], workspace, cache, graph, progress)
         write_atomically(engine, plan)
         dataclasses.replace(record, engine_bytes=plan.nbytes).write(record_path)
         logger.info("built %s (%d MB)", engine, plan.nbytes >> 20)
@@ -103,9 +111,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _ranges(manifest: Manifest, batch: Range[int] | None, duration: Range[float] | None) -> BuildRanges:
+def _ranges(manifest: Manifest, batch: Range[int] | None, duration: Range[float] | None, requests: int) -> BuildRanges:
     default = BuildRanges.default(manifest.model)
-    ranges = BuildRanges(batch or default.batch, duration or default.duration)
+    ranges = BuildRanges(batch or default.batch, duration or default.duration, requests)
     shortest = manifest.model.min_audio_length_in_s
     if ranges.duration.min < shortest:
         raise ValueError(f"--duration must start at {shortest:g} s or more for this model, got {ranges.duration}")
@@ -122,7 +130,7 @@ def _record(
 ) -> EngineRecord:
     return EngineRecord(
         graph=graph,
-        onnx_sha256=manifest.files[manifest.graphs[graph].file].sha256,
+        onnx_sha256=manifest.graph_sha256(graph),
         tensorrt=version,
         gpu=device.name,
         compute_capability=device.compute_capability,
@@ -143,7 +151,8 @@ def _up_to_date(wanted: EngineRecord, engine: Path, record_path: Path) -> bool:
 
 
 def _build(
-    onnx_path: Path,
+    directory: Path,
+    spec: GraphSpec,
     shapes: dict[str, tuple[Shape, Shape, Shape]],
     workspace: int | None,
     cache_path: Path,
@@ -153,6 +162,7 @@ def _build(
     """The serialized engine of one graph, strongly typed, with one optimisation profile."""
     import tensorrt as trt
 
+    onnx_path = directory / spec.file
     builder = trt.Builder(tensorrt_logger())
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, tensorrt_logger())
@@ -164,7 +174,8 @@ def _build(
     if workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
+    for name in _network_inputs(network, spec, graph):
+        low, opt, high = shapes[name]
         profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, cache_path)
@@ -177,6 +188,34 @@ def _build(
         raise BuildError(f"TensorRT could not build {graph} (its log above says why)")
     write_atomically(cache_path, memoryview(config.get_timing_cache().serialize()))
     return memoryview(plan)
+
+
+def _network_inputs(network: trt.INetworkDefinition, spec: GraphSpec, graph: str) -> list[str]:
+    """The inputs of the parsed network, after checking its inputs and outputs against the manifest's: BuildError
+    for a tensor the manifest does not list or of another dtype, or a missing output. An input the ONNX parser
+    dropped because nothing uses it is logged and gets no profile (the runtime ignores its feed)."""
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    declared = {**spec.inputs, **spec.outputs}
+    for tensor in inputs + outputs:
+        if tensor.name not in declared:
+            raise BuildError(f"TensorRT's network for {graph} has a tensor {tensor.name!r} the manifest does not list")
+        wanted = np.dtype(declared[tensor.name].dtype)
+        if numpy_dtype(tensor.dtype) != wanted:
+            raise BuildError(
+                f"TensorRT's network for {graph} has {tensor.name} as {numpy_dtype(tensor.dtype)}, the manifest as"
+                f" {wanted}: export the model again"
+            )
+    missing = [name for name in spec.outputs if name not in {t.name for t in outputs}]
+    if missing:
+        raise BuildError(f"TensorRT's network for {graph} has no output {missing[0]!r}")
+    names = [tensor.name for tensor in inputs]
+    for name in spec.inputs:
+        if name not in names:
+            logger.warning(
+                "%s: TensorRT's ONNX parser dropped input %s (nothing uses it); it gets no profile", graph, name
+            )
+    return names
 
 
 def _attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ def _assert_one_line_error(result: Any, status: int, *needles: str) -> None:
     assert result.returncode == status, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("audioldm-trt"), lines[0]
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -68,6 +69,16 @@ def test_bad_output_paths(tiny: ModelUnderTest, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x_1.wav"]
 
 
+def test_arguments_are_checked_before_the_engine_loads(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """A request the export cannot take fails before the graphs load: here they could not load at all."""
+    engine = _broken_copy(tiny, tmp_path)
+    (engine / "unet.onnx").write_bytes(b"")
+    for flags, needle in ((["--steps", "2000"], "num_inference_steps=2000"), (["--eta", "-1"], "eta")):
+        result = run_cli("generate", "a dog", "--engine", str(engine), "--output", str(tmp_path / "x.wav"), *flags)
+        _assert_one_line_error(result, 2, needle)
+    assert not (tmp_path / "x.wav").exists()
+
+
 def test_debug_shows_the_traceback(tiny: ModelUnderTest, tmp_path: Path) -> None:
     result = run_cli(
         "generate", "a dog", "--engine", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.wav"), "--debug"
@@ -90,7 +101,7 @@ def _broken_copy(tiny: ModelUnderTest, tmp_path: Path) -> Path:
         (lambda d: (d / "unet.onnx").unlink(), "unet.onnx is missing"),
         (lambda d: (d / "tokenizer" / "vocab.json").unlink(), "vocab.json is missing"),
         (lambda d: (d / "vocoder.onnx").write_bytes((d / "vocoder.onnx").read_bytes()[:-10]), "vocoder.onnx has"),
-        (lambda d: _flip_a_byte(d / "vae_decoder.onnx"), "vae_decoder.onnx does not match its sha256"),
+        (lambda d: _flip_a_byte(d / "vae_decoder.onnx"), "vae_decoder.onnx does not match its xxh3_128"),
     ],
     ids=["no-directory", "no-manifest", "bad-manifest", "no-unet", "no-vocab", "truncated-vocoder", "corrupt-vae"],
 )
@@ -112,9 +123,12 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_missing_model_for_export(tmp_path: Path) -> None:
-    result = run_cli("export", "--model", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "out"))
-    _assert_one_line_error(result, 1, "no-such-model")
+@pytest.mark.parametrize("model", ["/nonexistent", "no-such-model", "./models/missing", "a/b/c"])
+def test_missing_model_for_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = str(tmp_path / model) if model == "no-such-model" else model
+    result = run_cli("export", "--model", source, "--output", str(tmp_path / "out"))
+    _assert_one_line_error(result, 1, f"{source} does not exist")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -127,16 +141,16 @@ class _CountingGraph(Graph):
         super().__init__(graph.name)
         self._graph = graph
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         _CountingGraph.calls += 1
-        return self._graph.run(feeds)
+        return self._graph.run(feeds, reuse)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
         ({"prompt": []}, "empty"),
-        ({"prompt": ["ok", 3]}, "prompt must be"),
+        ({"prompt": ["ok", 3]}, r"prompt\[1\] must be a string, got int"),
         ({"prompt": ["a", "b"], "negative_prompt": ["only one"]}, "negative_prompt has 1"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": 2.5}, "num_inference_steps"),
@@ -156,6 +170,8 @@ class _CountingGraph(Graph):
         ({"seed": 2**64}, "seed"),
         ({"latents": np.zeros((1, 4, 3, 8), np.float32)}, "latents must have shape"),
         ({"latents": np.zeros((2, 4, 50, 8), np.float32)}, "latents must have shape"),
+        ({"latents": np.full((1, 4, 50, 8), np.nan, np.float32)}, "latents hold NaN or infinity"),
+        ({"latents": np.full((1, 4, 50, 8), -np.inf, np.float32)}, "latents hold NaN or infinity"),
     ],
 )
 def test_python_errors_are_value_errors_before_any_graph_runs(

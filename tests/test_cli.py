@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,9 @@ from conftest import AUDIO_TOLERANCE, ModelUnderTest, relative_difference
 CLI = str(Path(sys.executable).with_name("audioldm-trt"))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    preexec = None if umask is None else lambda: os.umask(umask)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=600, preexec_fn=preexec)
 
 
 def test_generate_writes_a_wav_of_the_requested_length(tiny: ModelUnderTest, tmp_path: Path) -> None:
@@ -69,6 +72,16 @@ def test_several_waveforms_get_numbered_flac_files(tiny: ModelUnderTest, tmp_pat
     for name in written:
         info = soundfile.info(str(tmp_path / name))
         assert info.format == "FLAC" and info.samplerate == 16000 and info.frames == 8000
+
+
+def test_outputs_get_the_permissions_of_the_users_umask(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    for umask in (0o022, 0o077):
+        output = tmp_path / f"umask-{umask:o}.wav"
+        result = run_cli(
+            "generate", "a", "--engine", str(tiny.export), "--output", str(output), "--steps", "1", umask=umask
+        )
+        assert result.returncode == 0, result.stderr
+        assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~umask
 
 
 def test_seed_is_printed_when_drawn(tiny: ModelUnderTest, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-SOURCES = ("engine", "export", "benchmarks", "tests")
+SOURCES = ("engine", "export", "benchmarks", "serve", "tests")
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from onnx import TensorProto
 
 from audioldm_trt.engine import Engine, NonFiniteOutputError
 from audioldm_trt.engine.backends import Graph
+from audioldm_trt.engine.manifest import WEIGHTS_SUFFIX
 from audioldm_trt.export.fp16 import convert_to_fp16
 from audioldm_trt.export.onnx import ExportError
 
@@ -68,8 +69,7 @@ def test_fp32_override_is_recorded_per_graph(fp16_exports: dict[str, Path]) -> N
 
 
 def test_export_check_names_the_graph(tiny: ModelUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "vocoder.onnx"
-    shutil.copyfile(tiny.export / "vocoder.onnx", path)
+    path = _copy_graph(tiny.export / "vocoder.onnx", tmp_path)
     monkeypatch.setattr("audioldm_trt.export.fp16.FP16_TOLERANCE", 1e-9)
     with pytest.raises(ExportError, match=r"^vocoder: .* export with --fp32 vocoder$"):
         convert_to_fp16(path, "vocoder")
@@ -79,17 +79,22 @@ def test_export_check_refuses_non_finite_fp16(
     tiny: ModelUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ONNX Runtime CPU keeps activations in fp32, so an overflow is simulated: the fp16 run returns infinity."""
-    path = tmp_path / "unet.onnx"
-    for name in ("unet.onnx", "unet.data"):  # the graph and its weights file
-        shutil.copyfile(tiny.export / name, tmp_path / name)
+    path = _copy_graph(tiny.export / "unet.onnx", tmp_path)
     runs = iter([[np.ones((2, 4), np.float32)], [np.full((2, 4), np.inf, np.float32)]])
     monkeypatch.setattr("audioldm_trt.export.fp16._run", lambda path, feeds: next(runs))
     with pytest.raises(ExportError, match="NaN or infinity; export with --fp32 unet"):
         convert_to_fp16(path, "unet")
 
 
+def _copy_graph(graph: Path, directory: Path) -> Path:
+    """A copy of an exported graph and its weights file in ``directory``."""
+    for path in (graph, graph.with_name(graph.name + WEIGHTS_SUFFIX)):
+        shutil.copyfile(path, directory / path.name)
+    return directory / graph.name
+
+
 class _NaNGraph(Graph):
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         return {"noise_pred": np.full_like(feeds["sample"], np.nan)}
 
 

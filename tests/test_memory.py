@@ -4,7 +4,6 @@ fit in this machine's memory."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,10 +12,10 @@ import onnx
 import pytest
 
 from audioldm_trt.benchmarks.memory import main as memory_main
-from audioldm_trt.engine.manifest import Manifest
+from audioldm_trt.engine.manifest import WEIGHTS_SUFFIX, Manifest
 from audioldm_trt.engine.memory import check_fits, estimate_peak_bytes, physical_memory_bytes
 from audioldm_trt.export.activations import activation_bytes_per_row, peak_activation_bytes
-from audioldm_trt.export.onnx import WEIGHTS_SHA256_KEY, GraphIO
+from audioldm_trt.export.onnx import GraphIO
 
 from conftest import ModelUnderTest
 
@@ -35,14 +34,15 @@ def test_onnxruntime_runs_fused_attention_and_tensorrt_gets_the_standard_pattern
         attention_layers = standard_ops[("", "Softmax")]
         assert attention_layers > 0 and fused_ops[("com.microsoft", "MultiHeadAttention")] == attention_layers
         assert fused_ops[("", "Softmax")] == 0 and not any(domain for domain, _ in standard_ops)
-        # One weights file, the same for both forms, whose digest the graphs carry.
+        # One weights file for both forms: the standard graph's, which its identity for TensorRT covers.
+        weights = spec.file + WEIGHTS_SUFFIX
         for graph in (fused, standard):
             locations = {
                 entry.value for t in graph.graph.initializer for entry in t.external_data if entry.key == "location"
             }
-            assert locations == {f"{name}.data"}
-            digest = hashlib.sha256((model.export / f"{name}.data").read_bytes()).hexdigest()
-            assert {p.key: p.value for p in graph.metadata_props}[WEIGHTS_SHA256_KEY] == digest
+            assert locations == {weights}
+        assert weights in manifest.graph_files(name) and weights in manifest.files
+        assert not (model.export / (spec.onnxruntime_file + WEIGHTS_SUFFIX)).exists()
     for name in ("text_encoder", "vocoder"):
         assert manifest.graphs[name].onnxruntime_file == manifest.graphs[name].file
 

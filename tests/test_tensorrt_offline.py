@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gc
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -14,24 +16,34 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
-from audioldm_trt.engine import BackendUnavailableError, Engine, EngineDirectoryError
+from audioldm_trt.engine import BackendUnavailableError, Engine, EngineDirectoryError, EngineError
 from audioldm_trt.engine.backends import Graph, choose_backend, create_backend
-from audioldm_trt.engine.backends.cuda import Device
+from audioldm_trt.engine.backends.base import Chain, Link
+from audioldm_trt.engine.backends.cuda import GPU_EXTRAS, CudaError, Device, current_device
 from audioldm_trt.engine.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend
 from audioldm_trt.engine.backends.profiles import BuildRanges, OutOfProfileError, Range
-from audioldm_trt.engine.backends.tensorrt import EngineRecord, check_record, engine_paths
+from audioldm_trt.engine.backends.tensorrt import (
+    EngineRecord,
+    TensorRTBackend,
+    check_record,
+    engine_paths,
+    require_tensorrt,
+)
 from audioldm_trt.engine.manifest import GRAPH_NAMES, Manifest, file_record
 from audioldm_trt.export.lint import SUPPORT_FILE, SupportedSet, graph_usage, lint_export, lint_model
-from audioldm_trt.export.tensorrt import parse_size
+from audioldm_trt.export.tensorrt import BuildError, build_engines, parse_size
 
 from conftest import ModelUnderTest
+from gpu_standin import StandInCuda, StandInTensorRT, install
 from test_cli import CLI, run_cli
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -68,10 +80,10 @@ class _Recorder(Graph):
         super().__init__(inner.name)
         self.inner, self.seen = inner, seen
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         for name, array in feeds.items():
             self.seen.setdefault(f"{self.name}.{name}", []).append(array.shape)
-        return self.inner.run(feeds)
+        return self.inner.run(feeds, reuse)
 
 
 def test_profiles_cover_exactly_what_the_pipeline_feeds(model: ModelUnderTest) -> None:
@@ -135,7 +147,7 @@ def _write_engines(directory: Path, manifest: Manifest, device: Device = TEST_DE
         engine.write_bytes(b"plan" * 10)
         EngineRecord(
             graph=graph,
-            onnx_sha256=manifest.files[manifest.graphs[graph].file].sha256,
+            onnx_sha256=manifest.graph_sha256(graph),
             tensorrt=TEST_TENSORRT,
             gpu=device.name,
             compute_capability=device.compute_capability,
@@ -145,16 +157,18 @@ def _write_engines(directory: Path, manifest: Manifest, device: Device = TEST_DE
         ).write(record)
 
 
-def test_engine_records_refuse_another_graph_tensorrt_or_gpu(export_copy: Path) -> None:
+def test_engine_records_refuse_another_graph_tensorrt_or_architecture(export_copy: Path) -> None:
     manifest = Manifest.load(export_copy)
     _write_engines(export_copy, manifest)
     record = EngineRecord.read(engine_paths(export_copy, "unet")[1])
     check_record(record, export_copy, manifest, TEST_TENSORRT, TEST_DEVICE)
+    # Another GPU of the same architecture runs the engines: they depend on the compute capability, not the name.
+    check_record(record, export_copy, manifest, TEST_TENSORRT, Device("NVIDIA H200", "9.0"))
     rebuild = f"rebuild with audioldm-trt build {export_copy} --batch 1:1:4 --duration"
     cases = {
         "another unet.onnx": (dataclasses.replace(record, onnx_sha256="0" * 64), TEST_TENSORRT, TEST_DEVICE),
         "built with TensorRT 10.13.0.35, this is TensorRT 11.4.0.106": (record, "11.4.0.106", TEST_DEVICE),
-        "built for NVIDIA Test GPU (compute capability 9.0), this is NVIDIA A10G (compute capability 8.6)": (
+        "built for compute capability 9.0 (NVIDIA Test GPU), this is NVIDIA A10G (compute capability 8.6)": (
             record,
             TEST_TENSORRT,
             Device("NVIDIA A10G", "8.6"),
@@ -189,7 +203,7 @@ def test_auto_picks_tensorrt_only_where_its_engines_can_run(export_copy: Path, m
     assert name == "onnxruntime-cpu" and "has no vocoder engine" in reason
     _write_engines(export_copy, manifest, Device("NVIDIA A10G", "8.6"))
     name, reason = choose_backend(export_copy, manifest)
-    assert name == "onnxruntime-cpu" and "built for NVIDIA A10G" in reason
+    assert name == "onnxruntime-cpu" and "built for compute capability 8.6 (NVIDIA A10G)" in reason
     monkeypatch.setattr("audioldm_trt.engine.backends.available_providers", lambda: [CUDA, CPU])
     assert choose_backend(export_copy, manifest)[0] == "onnxruntime-cuda"
 
@@ -343,3 +357,340 @@ def _repaired(line: str) -> str:
             parameter += " = ..."
         parameters[i] = parameter
     return match.group(1) + ",".join(parameters) + match.group(3)
+
+
+# -- The backend on a stand-in for TensorRT and cuda-python (tests/gpu_standin.py) ----------------------------------
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StandInTensorRT, StandInCuda]]:
+    trt, cuda = install(monkeypatch)
+    yield trt, cuda
+    for session in trt.sessions:  # those a failed test left open, while the stand-in is still in place
+        alive = session()
+        if alive is not None:
+            alive.close()
+
+
+@pytest.fixture
+def built(standin: tuple[StandInTensorRT, StandInCuda], export_copy: Path) -> Path:
+    """The tiny export with engines built by the stand-in TensorRT for the default ranges."""
+    build_engines(export_copy, progress=False)
+    return export_copy
+
+
+def _backend(directory: Path, **options: Any) -> tuple[TensorRTBackend, dict[str, Graph]]:
+    manifest = Manifest.load(directory)
+    backend = TensorRTBackend(directory, manifest, **options)
+    return backend, {graph: backend.load(directory, manifest, graph) for graph in GRAPH_NAMES}
+
+
+def _unet_feeds(directory: Path, batch: int, seconds: float, seed: int) -> dict[str, np.ndarray]:
+    model = Manifest.load(directory).model
+    generator = np.random.default_rng(seed)
+    shape = (batch, model.latent_channels, model.latent_height(seconds), model.latent_width)
+    return {
+        "sample": generator.standard_normal(shape, dtype=np.float32),
+        "timestep": np.full(batch, 501.0, np.float32),
+        "class_labels": generator.standard_normal((batch, model.embedding_dim), dtype=np.float32),
+    }
+
+
+def _events(cuda: StandInCuda, *names: str) -> list[tuple[Any, ...]]:
+    return [event for event in cuda.events if event[0] in names]
+
+
+def test_build_sets_profiles_for_the_networks_inputs(
+    standin: tuple[StandInTensorRT, StandInCuda], export_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trt, _ = standin
+    manifest = Manifest.load(export_copy)
+    written = build_engines(export_copy, requests=3, progress=False)
+    assert [path.name for path in written] == [f"{graph}.engine" for graph in GRAPH_NAMES]
+    profiles = dict(trt.profiles)
+    assert {graph: set(shapes) for graph, shapes in profiles.items()} == {
+        graph: set(manifest.graphs[graph].inputs) for graph in GRAPH_NAMES
+    }
+    # A server batching 3 generations of up to 4 waveforms: 24 UNet rows (guidance doubles them), 12 decoded.
+    assert profiles["unet"]["sample"][2][0] == profiles["text_encoder"]["input_ids"][2][0] == 2 * 4 * 3
+    assert profiles["vae_decoder"]["latents"][2][0] == profiles["vocoder"]["mel"][2][0] == 4 * 3
+    assert profiles["unet"]["sample"][0][0] == 1
+    record = EngineRecord.read(engine_paths(export_copy, "unet")[1])
+    assert record.ranges["requests"] == 3
+    assert TensorRTBackend(export_copy, manifest).max_rows("unet") == 24
+
+    # An input the ONNX parser drops (nothing uses it) gets no profile, and its feed is ignored at run time.
+    trt.knobs.dropped_inputs["text_encoder"] = {"attention_mask"}
+    trt.profiles.clear()
+    with caplog.at_level(logging.WARNING, logger="audioldm_trt"):
+        build_engines(export_copy, force=True, progress=False)
+    assert set(dict(trt.profiles)["text_encoder"]) == {"input_ids"}
+    assert "dropped input attention_mask" in caplog.text
+    backend, graphs = _backend(export_copy)
+    assert graphs["text_encoder"]._check_feeds(
+        {"input_ids": np.ones((1, 3), np.int64), "attention_mask": np.ones((1, 3), np.int64)}
+    ).keys() == {"input_ids"}
+    backend.close()
+
+    # A network whose types are not the manifest's is refused before anything is built.
+    trt.knobs.dtypes[("unet", "timestep")] = "INT64"
+    with pytest.raises(BuildError, match="has timestep as int64, the manifest as float32"):
+        build_engines(export_copy, force=True, progress=False)
+
+
+def test_engines_are_checked_against_the_manifest_at_load(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path
+) -> None:
+    trt, _ = standin
+    cases = [
+        ("dtypes", {("unet", "timestep"): "HALF"}, "the unet engine's timestep is float16, the manifest's is float32"),
+        ("host_tensors", {("vocoder", "waveform")}, "vocoder tensor waveform lives in host memory"),
+        ("dynamic_outputs", {("vocoder", "waveform")}, "its size depends on the data"),
+        ("no_context", {"vae_decoder"}, r"could not create an execution context for vae_decoder \(0 MiB asked, \d+"),
+    ]
+    for knob, value, message in cases:
+        original = getattr(trt.knobs, knob)
+        setattr(trt.knobs, knob, value)
+        with pytest.raises(EngineError, match=message):
+            _backend(built)
+        setattr(trt.knobs, knob, original)
+    backend, graphs = _backend(built)
+    feeds = _unet_feeds(built, 1, 1.0, seed=0)
+    with pytest.raises(ValueError, match="unet input timestep must be float32, got float64"):
+        graphs["unet"].run({**feeds, "timestep": feeds["timestep"].astype(np.float64)})
+    with pytest.raises(ValueError, match="unet has no input 'mask'"):
+        graphs["unet"].run({**feeds, "mask": feeds["timestep"]})
+    with pytest.raises(OutOfProfileError, match="outside the engine's profile"):
+        graphs["unet"].run(_unet_feeds(built, 9, 1.0, seed=0))
+    backend.close()
+
+
+def test_buffers_are_sized_for_the_profiles_largest_shapes(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path
+) -> None:
+    _, cuda = standin
+    manifest = Manifest.load(built)
+    model = manifest.model
+    shapes = BuildRanges.default(model).input_shapes(manifest)
+    backend, graphs = _backend(built)
+    allocated = {event[1]: event[2] for event in _events(cuda, "cudaMalloc")}
+    for graph, loaded in graphs.items():
+        objects = loaded._objects  # type: ignore[attr-defined]
+        for name, (_, _, high) in shapes[graph].items():
+            itemsize = np.dtype(manifest.graphs[graph].inputs[name].dtype).itemsize
+            assert allocated[objects.device[name].pointer] == int(np.prod(high)) * itemsize, (graph, name)
+    largest_mel = np.zeros(shapes["vocoder"]["mel"][2], np.float32)
+    (largest,) = _onnx_outputs(built, "vocoder", {"mel": largest_mel})
+    waveform = graphs["vocoder"]._objects.device["waveform"]  # type: ignore[attr-defined]
+    assert allocated[waveform.pointer] == largest.nbytes
+    assert largest.shape[1] >= largest_mel.shape[1] * model.hop_length
+    backend.close()
+
+
+def test_every_context_shares_one_scratch_allocation(standin: tuple[StandInTensorRT, StandInCuda], built: Path) -> None:
+    trt, cuda = standin
+    trt.knobs.scratch = {"text_encoder": 1000, "unet": 5000, "vae_decoder": 3000, "vocoder": 2000}
+    engine = Engine.load(built, backend="tensorrt")
+    engine.generate("rain", num_inference_steps=2, seed=0)
+    scratch = [event for event in _events(cuda, "cudaMalloc") if event[2] == 5000]
+    assert len(scratch) == 1
+    assert {event[2] for event in _events(cuda, "set_device_memory")} == {scratch[0][1]}
+    assert {event[1] for event in _events(cuda, "set_device_memory")} == set(GRAPH_NAMES)
+    engine.backend.close()
+
+
+def _onnx_outputs(directory: Path, graph: str, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    session = onnxruntime.InferenceSession(str(directory / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(feeds))
+
+
+def test_each_unet_shape_keeps_its_own_context_and_cuda_graph(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A, B, A: the second A replays A's graph (captured after one plain run of A's own context), whatever B did
+    in between; a third shape beyond the bound drops the least recently used one."""
+    _, cuda = standin
+    backend, graphs = _backend(built, cuda_graph_shapes=3)  # the largest shapes' context takes one place
+    unet = graphs["unet"]
+    shape_a, shape_b, shape_c, shape_d = (2, 1.0), (4, 0.5), (1, 2.0), (3, 1.0)
+    with caplog.at_level(logging.WARNING, logger="audioldm_trt"):
+        # C pushes out the largest shapes' context (used at load only), D then B (least recently used).
+        for step, (batch, seconds) in enumerate([shape_a, shape_b, shape_a, shape_a, shape_c, shape_d]):
+            feeds = _unet_feeds(built, batch, seconds, seed=step)
+            contexts = len(_events(cuda, "context"))
+            launches = len(_events(cuda, "cudaGraphLaunch"))
+            (noise,) = unet.run(feeds).values()
+            (expected,) = _onnx_outputs(built, "unet", feeds)
+            np.testing.assert_allclose(noise, expected, rtol=1e-6, atol=1e-6)
+            replayed = step in (2, 3)
+            assert len(_events(cuda, "context")) == contexts + (not replayed), step
+            assert len(_events(cuda, "cudaGraphLaunch")) == launches + replayed, step
+    assert "without a CUDA graph" not in caplog.text  # every capture followed a plain run of its context
+    batches = [key[0][0] for key in unet.captured_shapes]  # type: ignore[attr-defined]
+    assert batches == [2, 1, 3]  # B went (least recently used), its graph and context freed
+    assert len(_events(cuda, "cudaGraphExecDestroy")) == 1
+    assert len([e for e in _events(cuda, "del context") if e[1] == "unet"]) == 2  # B's, and the largest shapes'
+    backend.close()
+
+
+def test_class_labels_stay_on_the_device_while_unchanged(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path
+) -> None:
+    _, cuda = standin
+    backend, graphs = _backend(built)
+    unet = graphs["unet"]
+    labels = unet._objects.device["class_labels"].pointer  # type: ignore[attr-defined]
+    feeds = _unet_feeds(built, 4, 1.0, seed=0)
+    uploads = []
+    for step in range(4):
+        if step == 2:  # a request joins the batch: one row of class labels changes, same shape
+            feeds["class_labels"] = feeds["class_labels"].copy()
+            feeds["class_labels"][3] += 1
+        feeds["sample"] = _unet_feeds(built, 4, 1.0, seed=step + 1)["sample"]
+        before = len(cuda.copies)
+        (noise,) = unet.run(feeds, reuse=("class_labels",)).values()
+        np.testing.assert_allclose(noise, _onnx_outputs(built, "unet", feeds)[0], rtol=1e-6, atol=1e-6)
+        copies = cuda.copies[before:]
+        uploads.append(sum(1 for c in copies if c[0] == "H2D" and c[1] == labels))
+        # One upload of the latents, one download of the noise, per step.
+        assert [c[0] for c in copies].count("D2H") == 1
+        assert sum(1 for c in copies if c[0] == "H2D" and c[1] != labels) == 2  # sample and timestep
+    assert uploads == [1, 0, 1, 0]
+    backend.close()
+
+
+def test_the_mel_goes_from_the_vae_to_the_vocoder_on_the_device(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path
+) -> None:
+    _, cuda = standin
+    backend, graphs = _backend(built)
+    decoder = backend.chain(graphs["vae_decoder"], graphs["vocoder"], Link("mel", "mel", squeeze=1))
+    model = Manifest.load(built).model
+    latents = np.random.default_rng(0).standard_normal(
+        (3, model.latent_channels, model.latent_height(1.0), model.latent_width), dtype=np.float32
+    )
+    before = len(cuda.copies)
+    (waveform,) = decoder.run({"latents": latents}).values()
+    copies = cuda.copies[before:]
+    (mel,) = _onnx_outputs(built, "vae_decoder", {"latents": latents})
+    (expected,) = _onnx_outputs(built, "vocoder", {"mel": mel[:, 0]})
+    np.testing.assert_allclose(waveform, expected, rtol=1e-5, atol=1e-6)
+    vae_mel = graphs["vae_decoder"]._objects.device["mel"].pointer  # type: ignore[attr-defined]
+    vocoder_mel = graphs["vocoder"]._objects.device["mel"].pointer  # type: ignore[attr-defined]
+    assert [c[0] for c in copies] == ["H2D", "D2D", "D2H"]
+    assert copies[1][1:] == (vocoder_mel, vae_mel, mel.nbytes)
+    host_chain = Chain(graphs["vae_decoder"], graphs["vocoder"], Link("mel", "mel", squeeze=1))
+    np.testing.assert_array_equal(host_chain.run({"latents": latents})["waveform"], waveform)
+    backend.close()
+
+
+def _assert_teardown_order(cuda: StandInCuda, since: int) -> None:
+    """CUDA graphs, then contexts, engines, the runtime, then device and pinned memory, and last the stream."""
+    events = [event[0] for event in cuda.events[since:]]
+    order = ["cudaGraphExecDestroy", "del context", "del engine", "del Runtime", "cudaFree", "cudaStreamDestroy"]
+    present = [kind for kind in order if kind in events]
+    assert present == order, events
+    for earlier, later in itertools.pairwise(order):
+        last = max(i for i, kind in enumerate(events) if kind == earlier)
+        first = min(i for i, kind in enumerate(events) if kind == later)
+        assert last < first, (earlier, later, events)
+    assert events.count("cudaFreeHost") == events.count("cudaFree") - 1  # every I/O tensor's pair; the scratch
+    assert events.index("cudaStreamSynchronize") < events.index("cudaGraphExecDestroy")
+
+
+def test_close_frees_everything_in_one_order(standin: tuple[StandInTensorRT, StandInCuda], built: Path) -> None:
+    _, cuda = standin
+    backend, graphs = _backend(built)
+    graphs["unet"].run(_unet_feeds(built, 2, 1.0, seed=0))
+    since = len(cuda.events)
+    backend.close()
+    _assert_teardown_order(cuda, since)
+    assert len(_events(cuda, "del engine")) == 4
+    with pytest.raises(EngineError, match="the TensorRT engines were closed"):
+        graphs["unet"].run(_unet_feeds(built, 2, 1.0, seed=0))
+    events = len(cuda.events)
+    backend.close()  # again: nothing more to do
+    assert len(cuda.events) == events
+
+
+def test_graphs_outlive_the_backend_and_free_it_last(standin: tuple[StandInTensorRT, StandInCuda], built: Path) -> None:
+    _, cuda = standin
+    backend, graphs = _backend(built)
+    unet = graphs.pop("unet")
+    del backend, graphs
+    gc.collect()
+    assert not _events(cuda, "cudaStreamDestroy", "del Runtime")  # the stream and runtime live on with the UNet
+    feeds = _unet_feeds(built, 2, 1.0, seed=0)
+    for _ in range(2):  # a plain run and capture, then a replay
+        np.testing.assert_allclose(unet.run(feeds)["noise_pred"], _onnx_outputs(built, "unet", feeds)[0], atol=1e-6)
+    since = len(cuda.events)
+    del unet
+    gc.collect()
+    _assert_teardown_order(cuda, since)
+
+
+def test_two_backends_run_side_by_side_and_close_apart(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path
+) -> None:
+    _, cuda = standin
+    first, first_graphs = _backend(built)
+    second, second_graphs = _backend(built)
+    feeds = _unet_feeds(built, 2, 1.0, seed=0)
+    expected = _onnx_outputs(built, "unet", feeds)[0]
+    for graphs in (first_graphs, second_graphs, first_graphs, second_graphs):
+        np.testing.assert_allclose(graphs["unet"].run(feeds)["noise_pred"], expected, atol=1e-6)
+    assert len(_events(cuda, "cudaStreamCreate")) == 2
+    first.close()
+    np.testing.assert_allclose(second_graphs["unet"].run(feeds)["noise_pred"], expected, atol=1e-6)
+    with pytest.raises(EngineError, match="closed"):
+        first_graphs["unet"].run(feeds)
+    second.close()
+
+
+def test_short_memory_names_what_was_asked(standin: tuple[StandInTensorRT, StandInCuda], built: Path) -> None:
+    trt, _ = standin
+    trt.knobs.scratch = {"unet": 3 << 30}
+    backend, graphs = _backend(built)
+    with pytest.raises(CudaError, match=r"could not allocate the TensorRT engines' scratch memory \(3072 MiB asked"):
+        graphs["unet"].run(_unet_feeds(built, 2, 1.0, seed=0))
+    backend.close()
+
+
+def test_cuda_major_mismatches_are_named(standin: tuple[StandInTensorRT, StandInCuda], monkeypatch: Any) -> None:
+    _, cuda = standin
+    monkeypatch.setattr("audioldm_trt.engine.backends.tensorrt.tensorrt_cuda_major", lambda: 12)
+    with pytest.raises(BackendUnavailableError) as caught:
+        require_tensorrt()
+    assert str(caught.value) == (
+        "TensorRT here is built for CUDA 12 but cuda-python for CUDA 13: install one matching set,"
+        " pip install 'audioldm-trt[gpu-cu12]' (or pip install 'audioldm-trt[gpu]')"
+    )
+    monkeypatch.setattr(cuda, "cudaGetDeviceCount", lambda: (cuda.cudaError_t.cudaErrorInsufficientDriver, None))
+    monkeypatch.setattr(cuda, "cudaDriverGetVersion", lambda: (cuda.cudaError_t.cudaSuccess, 12080))
+    with pytest.raises(BackendUnavailableError) as caught:
+        current_device()
+    assert str(caught.value) == (
+        "no usable CUDA GPU: the NVIDIA driver supports CUDA 12.x, but cuda-python here is built for CUDA 13:"
+        " install the CUDA 12 stack (pip install 'audioldm-trt[gpu-cu12]') or a newer driver"
+    )
+
+
+def test_gpu_extras_pin_one_cuda_major_each() -> None:
+    extras = dict(re.findall(r"^([\w-]+) = \[(.*)\]$", (REPOSITORY / "pyproject.toml").read_text(), re.MULTILINE))
+    for major, extra in GPU_EXTRAS.items():
+        requirements = extras[extra]
+        assert f"tensorrt-cu{major}" in requirements, extra
+        assert re.search(rf"cuda-python>={major}[.\d]*,<{major + 1}\b", requirements), extra
+        assert "onnxruntime-gpu" in requirements, extra
+
+
+def test_generation_on_the_standin_equals_onnxruntime_cpu(
+    standin: tuple[StandInTensorRT, StandInCuda], built: Path, tiny: ModelUnderTest
+) -> None:
+    """The whole pipeline through the TensorRT backend (contexts, graphs, buffers, the device chain)."""
+    engine = Engine.load(built, backend="tensorrt")
+    arguments: dict[str, Any] = {"audio_length_in_s": 1.0, "num_inference_steps": 3, "seed": 3}
+    for prompts in (["a dog", "rain"], "wind"):
+        audio = engine.generate(prompts, **arguments)
+        np.testing.assert_allclose(audio, tiny.engine.generate(prompts, **arguments), rtol=1e-5, atol=1e-6)
+    engine.backend.close()

@@ -19,6 +19,9 @@ from ..errors import BackendUnavailableError, EngineError
 
 logger = logging.getLogger(__name__)
 
+#: The pip extra that installs each CUDA major version's TensorRT, cuda-python and ONNX Runtime (pyproject.toml).
+GPU_EXTRAS = {13: "gpu", 12: "gpu-cu12"}
+
 
 class CudaError(EngineError, RuntimeError):
     """A CUDA runtime call failed while running."""
@@ -48,6 +51,21 @@ def _error_name(error: Any) -> str:
     return f"{name.decode()} ({text.decode()})"
 
 
+def cuda_major(version: int) -> int:
+    """The major of a CUDA version number as CUDA reports it (12080 is 12.8)."""
+    return version // 1000
+
+
+def runtime_cuda_major() -> int:
+    """The CUDA major version cuda-python was built for (its runtime is linked in: no driver needed to ask)."""
+    return cuda_major(int(_call("cudaRuntimeGetVersion")))
+
+
+def install_hint(major: int) -> str:
+    extra = GPU_EXTRAS.get(major)
+    return f"pip install 'audioldm-trt[{extra}]'" if extra else f"a cuda-python, TensorRT and driver for CUDA {major}"
+
+
 @dataclass(frozen=True)
 class Device:
     """The GPU engines are built for and run on: device 0, as TensorRT and ONNX Runtime use by default."""
@@ -60,17 +78,41 @@ class Device:
 
 
 def current_device() -> Device:
-    """Device 0, or BackendUnavailableError saying why no GPU can be used (no driver, no device, too old a driver)."""
+    """Device 0, or BackendUnavailableError saying why no GPU can be used: no driver, no device, or a driver older
+    than the CUDA major version cuda-python was built for (naming both, and the extra that matches the driver)."""
     runtime = _runtime()
     error, count = runtime.cudaGetDeviceCount()
     if error != runtime.cudaError_t.cudaSuccess or count == 0:
         _, driver = runtime.cudaDriverGetVersion()
-        reason = "no NVIDIA driver is loaded" if not driver else f"cudaGetDeviceCount: {_error_name(error)}"
+        if not driver:
+            reason = "no NVIDIA driver is loaded"
+        elif error == runtime.cudaError_t.cudaErrorInsufficientDriver:
+            built_for, supported = runtime_cuda_major(), cuda_major(driver)
+            reason = (
+                f"the NVIDIA driver supports CUDA {supported}.x, but cuda-python here is built for CUDA {built_for}:"
+                f" install the CUDA {supported} stack ({install_hint(supported)}) or a newer driver"
+            )
+        elif error != runtime.cudaError_t.cudaSuccess:
+            reason = f"cudaGetDeviceCount: {_error_name(error)}"
+        else:
+            reason = "the driver sees no CUDA device"
         raise BackendUnavailableError(f"no usable CUDA GPU: {reason}")
     properties = _call("cudaGetDeviceProperties", 0)
     name = properties.name
     name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
     return Device(name.rstrip("\x00").strip(), f"{properties.major}.{properties.minor}")
+
+
+def memory_info() -> tuple[int, int]:
+    """(free, total) bytes of device memory, for the errors that say memory is short."""
+    free, total = _call("cudaMemGetInfo")
+    return int(free), int(total)
+
+
+def describe_shortage(nbytes: int) -> str:
+    """``N MiB asked, M MiB free of T MiB``: what an error about short device memory should say."""
+    free, total = memory_info()
+    return f"{nbytes / 2**20:.0f} MiB asked, {free / 2**20:.0f} MiB free of {total / 2**20:.0f} MiB"
 
 
 class Stream:
@@ -126,23 +168,30 @@ class CudaGraph:
 
 
 class DeviceBuffer:
-    """``nbytes`` of device memory."""
+    """``nbytes`` (> 0) of device memory; ``what`` names it in the error when the GPU has too little free."""
 
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, what: str) -> None:
+        if nbytes <= 0:
+            raise EngineError(f"{what}: a device buffer needs a positive size, got {nbytes} bytes")
         self.nbytes = nbytes
-        self.pointer = int(_call("cudaMalloc", max(nbytes, 1)))
+        try:
+            self.pointer = int(_call("cudaMalloc", nbytes))
+        except CudaError as error:
+            raise CudaError(f"could not allocate {what} ({describe_shortage(nbytes)}): {error}") from None
 
     def close(self) -> None:
         _call("cudaFree", self.pointer)
 
 
 class PinnedBuffer:
-    """``nbytes`` of page-locked host memory, so that copies to and from the GPU run at full speed, async."""
+    """``nbytes`` (> 0) of page-locked host memory, so that copies to and from the GPU run at full speed, async."""
 
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, what: str) -> None:
+        if nbytes <= 0:
+            raise EngineError(f"{what}: a pinned buffer needs a positive size, got {nbytes} bytes")
         self.nbytes = nbytes
-        self.pointer = int(_call("cudaMallocHost", max(nbytes, 1)))
-        self._bytes = np.ctypeslib.as_array((ctypes.c_uint8 * max(nbytes, 1)).from_address(self.pointer))
+        self.pointer = int(_call("cudaMallocHost", nbytes))
+        self._bytes = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(self.pointer))
 
     def view(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
         """The first bytes of the buffer as an array of ``shape``; valid until ``close``."""

@@ -11,13 +11,16 @@ copied twice, and no output is staged through a host buffer ONNX Runtime allocat
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ..manifest import Manifest
+from ..manifest import GRAPH_NAMES, Manifest
 from .base import Backend, Graph
 
 logger = logging.getLogger(__name__)
@@ -43,16 +46,36 @@ class OnnxRuntimeGraph(Graph):
         self._run_options = run_options
         self._device = device
         self._outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+        #: Inputs kept on a GPU while they are unchanged (``run``'s ``reuse``): name -> (host copy, device value).
+        self._resident: dict[str, tuple[np.ndarray, object]] = {}
+        self._resident_lock = threading.Lock()
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], reuse: Collection[str] = ()) -> dict[str, np.ndarray]:
         # Sessions are shared by every call of the engine and are thread-safe; a binding belongs to one call.
         binding = self._session.io_binding()  # type: ignore[attr-defined]
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            array = np.ascontiguousarray(array)
+            if name in reuse and self._device != "cpu":
+                binding.bind_ortvalue_input(name, self._on_device(name, array))
+            else:
+                binding.bind_cpu_input(name, array)
         for name in self._outputs:
             binding.bind_output(name, self._device)
         self._session.run_with_iobinding(binding, self._run_options)  # type: ignore[attr-defined]
         return dict(zip(self._outputs, binding.copy_outputs_to_cpu(), strict=True))
+
+    def _on_device(self, name: str, array: np.ndarray) -> object:
+        """``array`` as a value on the session's device: the one uploaded before while the values are equal."""
+        from onnxruntime import OrtValue
+
+        with self._resident_lock:
+            held = self._resident.get(name)
+            if held is not None and held[0].dtype == array.dtype and np.array_equal(held[0], array):
+                return held[1]
+            copy = array.copy()
+            value = OrtValue.ortvalue_from_numpy(copy, self._device, 0)
+            self._resident[name] = (copy, value)
+            return value
 
 
 class OnnxRuntimeBackend(Backend):
@@ -72,6 +95,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {missing[0]} (it has {', '.join(onnxruntime.get_available_providers())})"
             )
+        if CUDA in providers and hasattr(onnxruntime, "preload_dlls"):
+            # The CUDA and cuDNN libraries of pip's nvidia-* packages (onnxruntime-gpu[cuda,cudnn], or torch's)
+            # are not on the loader's path; ONNX Runtime's own helper loads them (a no-op where already loaded).
+            onnxruntime.preload_dlls()
         self._ort = onnxruntime
         self.providers = list(providers)
         self.threads = threads
@@ -93,6 +120,18 @@ class OnnxRuntimeBackend(Backend):
         if self.providers[0] not in used:
             raise BackendUnavailableError(f"ONNX Runtime could not use {self.providers[0]} for {graph} (got {used})")
         return OnnxRuntimeGraph(graph, session, self._run_options, "cuda" if self.providers[0] == CUDA else "cpu")
+
+    def load_graphs(self, directory: Path, manifest: Manifest) -> dict[str, Graph]:
+        """On CPU the sessions are created concurrently, the largest graph first, one per core (or per
+        ``threads``): creating a session is mostly single-threaded work (parsing, graph optimisation, packing
+        the weights) that releases the GIL."""
+        workers = min(len(GRAPH_NAMES), self.threads or os.cpu_count() or 1)
+        if self.providers[0] != CPU or workers == 1:
+            return super().load_graphs(directory, manifest)
+        largest_first = sorted(GRAPH_NAMES, key=manifest.graph_bytes, reverse=True)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="session") as pool:
+            sessions = {name: pool.submit(self.load, directory, manifest, name) for name in largest_first}
+        return {name: sessions[name].result() for name in GRAPH_NAMES}
 
     def describe(self) -> str:
         return f"onnxruntime {self._ort.__version__} ({', '.join(self.providers)})"

@@ -11,6 +11,11 @@ one place; it follows ``pipeline.py``:
   call); height = ``ModelSpec.latent_height(duration)``.
 - vae_decoder: waveforms, the same height.
 - vocoder: waveforms, frames = height x the VAE factor.
+
+A server that batches ``requests`` generations into each call (step-level batching: ``Engine.start``, ``step``
+and ``decode`` over several requests) multiplies every batch maximum by ``requests``: its UNet call holds the
+rows of all of them. ``audioldm-trt build --requests N`` builds for that; ``serve --max-batch`` should not
+exceed N (or the server caps each call at ``Backend.max_rows``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..errors import EngineError
 from ..manifest import GRAPH_NAMES, Manifest, ModelSpec
@@ -72,10 +77,16 @@ class Range(Generic[T]):
 
 @dataclass(frozen=True)
 class BuildRanges:
-    """What an engine is declared for: waveforms per generation and seconds of audio."""
+    """What an engine is declared for: waveforms per generation, seconds of audio, and how many generations
+    one call may batch together."""
 
     batch: Range[int]
     duration: Range[float]
+    requests: int = 1
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError(f"requests must be at least 1, got {self.requests}")
 
     @classmethod
     def default(cls, model: ModelSpec) -> BuildRanges:
@@ -83,12 +94,21 @@ class BuildRanges:
         default = model.default_audio_length_in_s
         return cls(Range(1, 1, 4), Range(model.min_audio_length_in_s, default, 2 * default))
 
-    def to_json(self) -> dict[str, list[int] | list[float]]:
-        return {"batch": self.batch.as_list(), "duration": self.duration.as_list()}
+    def to_json(self) -> dict[str, Any]:
+        return {"batch": self.batch.as_list(), "duration": self.duration.as_list(), "requests": self.requests}
 
     @classmethod
-    def from_json(cls, data: dict[str, list[int] | list[float]]) -> BuildRanges:
-        return cls(Range(*(int(v) for v in data["batch"])), Range(*(float(v) for v in data["duration"])))
+    def from_json(cls, data: dict[str, Any]) -> BuildRanges:
+        return cls(
+            Range(*(int(v) for v in data["batch"])),
+            Range(*(float(v) for v in data["duration"])),
+            int(data.get("requests", 1)),
+        )
+
+    def build_flags(self) -> str:
+        """The ``audioldm-trt build`` options that declare these ranges."""
+        requests = f" --requests {self.requests}" if self.requests != 1 else ""
+        return f"--batch {self.batch} --duration {self.duration}{requests}"
 
     def latent_heights(self, model: ModelSpec) -> Range[int]:
         """Latent rows; ``latent_height`` never decreases with the duration, so the ends map to the ends."""
@@ -97,17 +117,19 @@ class BuildRanges:
     def dimensions(self, model: ModelSpec) -> dict[str, dict[str, Range[int]]]:
         """The range of every symbolic dimension of every graph (the names the export gives them)."""
         waveforms = self.batch
+        most = waveforms.max * self.requests  # waveforms in one call that batches several generations
         height = self.latent_heights(model)
         tokens = model.tokenizer_max_length
+        decoded = Range(waveforms.min, waveforms.opt, most)
         return {
             "text_encoder": {
-                "batch": Range(1, waveforms.opt, 2 * waveforms.max),
+                "batch": Range(1, waveforms.opt, 2 * most),
                 "tokens": Range(1, min(OPT_TOKENS, tokens), tokens),
             },
-            "unet": {"batch": Range(waveforms.min, 2 * waveforms.opt, 2 * waveforms.max), "height": height},
-            "vae_decoder": {"batch": waveforms, "height": height},
+            "unet": {"batch": Range(waveforms.min, 2 * waveforms.opt, 2 * most), "height": height},
+            "vae_decoder": {"batch": decoded, "height": height},
             "vocoder": {
-                "batch": waveforms,
+                "batch": decoded,
                 "frames": Range(*(h * model.vae_scale_factor for h in height.as_list())),
             },
         }
@@ -137,11 +159,12 @@ class BuildRanges:
             self.duration.opt,
             max(self.duration.max, math.ceil(seconds * 100) / 100),
         )
+        wider = BuildRanges(batch, duration, self.requests)
         raise OutOfProfileError(
             f"the TensorRT engines in {directory} were built for {self.batch.min}-{self.batch.max} waveforms of"
             f" {self.duration.min:g}-{self.duration.max:g} s ({heights.min}-{heights.max} latent rows); this"
             f" generation needs {waveforms} of {latent_height} rows ({seconds:.2f} s): rebuild with"
-            f" audioldm-trt build {directory} --batch {batch} --duration {duration}"
+            f" audioldm-trt build {directory} {wider.build_flags()}"
         )
 
 

@@ -177,14 +177,16 @@ def threshold_sample(sample: np.ndarray, ratio: float, max_value: float) -> np.n
     """Dynamic thresholding (https://huggingface.co/papers/2205.11487) as diffusers' ``_threshold_sample``:
     clip each batch item to its ``ratio`` quantile of ``|x|`` (kept within ``[1, max_value]``) and divide by it.
 
-    The quantile is ``torch.quantile``'s: rank ``q * (n - 1)`` in float32, then linear interpolation.
+    The quantile is ``torch.quantile``'s: rank ``q * (n - 1)`` in the sample's dtype (float32 or float64), then
+    linear interpolation.
     """
+    real = sample.dtype.type
     flat = sample.reshape(sample.shape[0], -1)
     ordered = np.sort(np.abs(flat), axis=1)
-    rank = np.float32(ratio) * np.float32(ordered.shape[1] - 1)
+    rank = real(ratio) * real(ordered.shape[1] - 1)
     below = int(rank)
-    weight = rank - np.float32(below)
+    weight = rank - real(below)
     low, high = ordered[:, below], ordered[:, int(np.ceil(rank))]
-    quantile = low + weight * (high - low) if weight < 0.5 else high - (high - low) * (np.float32(1.0) - weight)
-    bound = np.clip(quantile, np.float32(1.0), np.float32(max_value))[:, np.newaxis]
-    return np.asarray((np.clip(flat, -bound, bound) / bound).reshape(sample.shape), dtype=np.float32)
+    quantile = low + weight * (high - low) if weight < 0.5 else high - (high - low) * (real(1.0) - weight)
+    bound = np.clip(quantile, real(1.0), real(max_value))[:, np.newaxis]
+    return np.asarray((np.clip(flat, -bound, bound) / bound).reshape(sample.shape), dtype=sample.dtype)

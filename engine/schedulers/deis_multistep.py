@@ -9,13 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
-from .multistep import (
-    F32,
-    PREDICTION_TYPES,
-    MultistepScheduler,
-    dpm_coefficients,
-    weighted_sum,
-)
+from .multistep import F64, PREDICTION_TYPES, MultistepScheduler, dpm_coefficients, weighted_sum
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
@@ -78,8 +72,7 @@ class DEISMultistepScheduler(MultistepScheduler):
         index, steps = self.step_index, len(self.timesteps)
         few = self.config["lower_order_final"] and steps < 15
         alpha_t, sigma_t, _ = self._level(index)
-        epsilon = (sample - alpha_t * self._data_prediction(model_output, sample)) / sigma_t
-        self._remember(np.asarray(epsilon, dtype=np.float32))
+        self._remember((sample - alpha_t * self._data_prediction(model_output, sample)) / sigma_t)
 
         solver_order = int(self.config["solver_order"])
         if solver_order == 1 or self.lower_order_nums < 1 or (few and index == steps - 1):
@@ -108,16 +101,16 @@ class DEISMultistepScheduler(MultistepScheduler):
         for k, output in enumerate(outputs):
             others = knots[k + 1 :] + knots[:k]
             total = total + (_integral(rho_t, knots[k], others) - _integral(knots[0], knots[k], others)) * output
-        return np.asarray(target.alpha * total, dtype=np.float32)
+        return target.alpha * total
 
 
-def _integral(t: np.float32, b: np.float32, others: list[np.float32]) -> np.float32:
+def _integral(t: np.float64, b: np.float64, others: list[np.float64]) -> np.float64:
     """diffusers' ``ind_fn``: an antiderivative in ``t`` of the Lagrange basis polynomial (in log) that is 1 at
-    ``b`` and 0 at ``others``. diffusers applies numpy's float32 ``log`` to these, so this does too."""
+    ``b`` and 0 at ``others``."""
     log_t, log_b = np.log(t), np.log(b)
     if len(others) == 1:
         log_c = np.log(others[0])
-        return F32(t * (-log_c + log_t - 1) / (log_b - log_c))
+        return F64(t * (-log_c + log_t - 1) / (log_b - log_c))
     log_c, log_d = np.log(others[0]), np.log(others[1])
     numerator = t * (log_c * (log_d - log_t + 1) - log_d * log_t + log_d + log_t * log_t - 2 * log_t + 2)
-    return F32(numerator / ((log_b - log_c) * (log_b - log_d)))
+    return F64(numerator / ((log_b - log_c) * (log_b - log_d)))

@@ -4,9 +4,15 @@ They walk a variance-preserving schedule through ``alpha_t``, ``sigma_t`` and ``
 derived from float32 sigmas, convert the model output to a data (x0) or noise prediction, keep the last few of
 those, and find their place in ``timesteps`` on the first ``step``.
 
-diffusers computes the schedule in float64 numpy and steps with 0-dim float32 torch tensors. Here the per-step
-scalars are ``np.float32`` combined in diffusers' order of operations; ``exp``/``log``/``expm1`` are evaluated in
-float64 and rounded once (torch's float32 ones are within an ulp of that, numpy's float32 ones further off).
+diffusers computes the schedule in float64 numpy, as this port does, and steps with 0-dim float32 torch tensors
+(DEIS's third-order weights with numpy's float32 ``log``). This port steps in float64, with diffusers' expressions
+on the float32 sigmas, model output and sample, and rounds the new sample to float32 once. A float32 port cannot
+agree with diffusers on every CPU: float32 ``exp``/``log``/``sqrt`` are not correctly rounded, in torch (MKL) nor
+numpy (SIMD), and their last bit differs between CPUs; steps that subtract nearly equal large terms amplify that
+a thousandfold. Such are the first step from the top of the schedule of the noise-prediction
+solvers (DEIS, ``dpmsolver``) with v-prediction or thresholding, whose two terms are far larger than the result,
+and DEIS's third-order weights, differences of nearly equal integrals. In float64 every step is the exact
+algorithm's result to float32 precision, on every CPU.
 """
 
 from __future__ import annotations
@@ -24,47 +30,34 @@ from .sigmas import train_sigmas as sigmas_of
 if TYPE_CHECKING:
     from ..random import TorchGenerator
 
-F32 = np.float32
+F64 = np.float64
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-
-
-def f32_exp(x: np.float32) -> np.float32:
-    """``torch.exp`` of a 0-dim float32 tensor, to within torch's last-ulp differences."""
-    return F32(np.exp(np.float64(x)))
-
-
-def f32_expm1(x: np.float32) -> np.float32:
-    """``torch.expm1`` of a 0-dim float32 tensor."""
-    return F32(np.expm1(np.float64(x)))
-
-
-def f32_log(x: np.float32) -> np.float32:
-    """``torch.log`` of a 0-dim float32 tensor (``-inf`` at the final zero sigma, as torch)."""
-    return F32(np.log(np.float64(x)))
 
 
 class Level(NamedTuple):
     """A noise level of the VP schedule: ``x_t = alpha * x0 + sigma * noise``, ``lam = log(alpha / sigma)``."""
 
-    alpha: np.float32
-    sigma: np.float32
-    lam: np.float32
+    alpha: np.float64
+    sigma: np.float64
+    lam: np.float64
 
 
-def level_of(sigma: np.float32) -> Level:
-    """diffusers' ``_sigma_to_alpha_sigma_t`` and ``lambda_t`` for a sigma of the float32 schedule."""
-    alpha = F32(1.0) / np.sqrt(sigma * sigma + F32(1.0))
+def level_of(sigma: float) -> Level:
+    """diffusers' ``_sigma_to_alpha_sigma_t`` and ``lambda_t`` for a sigma of the float32 schedule, in float64
+    (``lam`` is ``inf`` at a final zero sigma, as in diffusers)."""
+    sigma = F64(sigma)
+    alpha = 1.0 / np.sqrt(sigma * sigma + 1.0)
     sigma_t = sigma * alpha
-    return Level(alpha, sigma_t, f32_log(alpha) - f32_log(sigma_t))
+    return Level(alpha, sigma_t, np.log(alpha) - np.log(sigma_t))
 
 
-def weighted_sum(terms: Sequence[tuple[np.float32, np.ndarray]]) -> np.ndarray:
-    """``c0 * x0 + c1 * x1 + ...`` summed left to right, the way diffusers' update expressions associate."""
+def weighted_sum(terms: Sequence[tuple[np.float64, np.ndarray]]) -> np.ndarray:
+    """``c0 * x0 + c1 * x1 + ...``, the form of diffusers' update expressions, in float64."""
     (coefficient, value), *rest = terms
     total: np.ndarray = coefficient * value
     for coefficient, value in rest:
         total = total + coefficient * value
-    return np.asarray(total, dtype=np.float32)
+    return total
 
 
 class DpmCoefficients(NamedTuple):
@@ -74,42 +67,42 @@ class DpmCoefficients(NamedTuple):
     Heun updates and in all third-order ones; ``noise`` is zero for the ODE solvers.
     """
 
-    sample: np.float32
-    d0: np.float32
-    d1_midpoint: np.float32
-    d1_heun: np.float32
-    d2: np.float32
-    noise: np.float32
+    sample: np.float64
+    d0: np.float64
+    d1_midpoint: np.float64
+    d1_heun: np.float64
+    d2: np.float64
+    noise: np.float64
 
 
-def dpm_coefficients(algorithm_type: str, target: Level, base: Level, h: np.float32) -> DpmCoefficients:
+def dpm_coefficients(algorithm_type: str, target: Level, base: Level, h: np.float64) -> DpmCoefficients:
     """The weights of diffusers' DPM-Solver updates (https://huggingface.co/papers/2211.01095) for a step of
     log-SNR length ``h``, negated where diffusers subtracts the term (negation is exact)."""
     alpha_t, sigma_t = target.alpha, target.sigma
     if algorithm_type == "dpmsolver++":
-        decay = f32_exp(-h) - 1.0
+        decay = np.exp(-h) - 1.0
         return DpmCoefficients(
             sample=sigma_t / base.sigma,
             d0=-(alpha_t * decay),
             d1_midpoint=-(0.5 * (alpha_t * decay)),
             d1_heun=alpha_t * (decay / h + 1.0),
             d2=-(alpha_t * ((decay + h) / (h * h) - 0.5)),
-            noise=F32(0.0),
+            noise=F64(0.0),
         )
     if algorithm_type == "dpmsolver":
-        growth = f32_exp(h) - 1.0
+        growth = np.exp(h) - 1.0
         return DpmCoefficients(
             sample=alpha_t / base.alpha,
             d0=-(sigma_t * growth),
             d1_midpoint=-(0.5 * (sigma_t * growth)),
             d1_heun=-(sigma_t * (growth / h - 1.0)),
             d2=-(sigma_t * ((growth - h) / (h * h) - 0.5)),
-            noise=F32(0.0),
+            noise=F64(0.0),
         )
     if algorithm_type == "sde-dpmsolver++":
-        kept = 1.0 - f32_exp(-2.0 * h)
+        kept = 1.0 - np.exp(-2.0 * h)
         return DpmCoefficients(
-            sample=sigma_t / base.sigma * f32_exp(-h),
+            sample=sigma_t / base.sigma * np.exp(-h),
             d0=alpha_t * kept,
             d1_midpoint=0.5 * (alpha_t * kept),
             d1_heun=alpha_t * (kept / (-2.0 * h) + 1.0),
@@ -117,14 +110,14 @@ def dpm_coefficients(algorithm_type: str, target: Level, base: Level, h: np.floa
             noise=sigma_t * np.sqrt(kept),
         )
     # sde-dpmsolver: diffusers has no third-order update for it (the schedulers reject that order).
-    growth = f32_exp(h) - 1.0
+    growth = np.exp(h) - 1.0
     return DpmCoefficients(
         sample=alpha_t / base.alpha,
         d0=-(2.0 * (sigma_t * growth)),
         d1_midpoint=-(sigma_t * growth),
         d1_heun=-(2.0 * (sigma_t * (growth / h - 1.0))),
-        d2=F32(np.nan),
-        noise=sigma_t * np.sqrt(f32_exp(2.0 * h) - 1.0),
+        d2=F64(np.nan),
+        noise=sigma_t * np.sqrt(np.exp(2.0 * h) - 1.0),
     )
 
 
@@ -243,7 +236,7 @@ class MultistepScheduler(Scheduler):
         """DPM-Solver's timestep bound: ``num_train_timesteps`` less the steps whose training ``lambda_t`` is below
         ``lambda_min_clipped`` (critical for the cosine schedule, diffusers says)."""
         alpha = np.sqrt(self.alphas_cumprod).astype(np.float64)
-        sigma = np.sqrt(F32(1.0) - self.alphas_cumprod).astype(np.float64)
+        sigma = np.sqrt(np.float32(1.0) - self.alphas_cumprod).astype(np.float64)
         with np.errstate(divide="ignore"):
             lambdas = np.log(alpha).astype(np.float32) - np.log(sigma).astype(np.float32)
         clipped = np.searchsorted(lambdas[::-1].astype(np.float64), float(self.config["lambda_min_clipped"]))
@@ -254,7 +247,7 @@ class MultistepScheduler(Scheduler):
         return interpolated_sigmas(timesteps, self.train_sigmas)
 
     def _level(self, index: int) -> Level:
-        return level_of(F32(self.sigmas[index]))
+        return level_of(float(self.sigmas[index]))
 
     def _data_prediction(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """The predicted clean sample x0 at the current step, dynamically thresholded if configured."""
@@ -270,7 +263,7 @@ class MultistepScheduler(Scheduler):
                 x0 = alpha_t * sample - sigma_t * model_output
         if self.config["thresholding"]:
             x0 = threshold_sample(x0, self.config["dynamic_thresholding_ratio"], self.config["sample_max_value"])
-        return np.asarray(x0, dtype=np.float32)
+        return x0
 
     def _noise_prediction(self, model_output: np.ndarray, sample: np.ndarray, *, threshold: bool) -> np.ndarray:
         """The predicted noise at the current step; with ``threshold`` (DPM-Solver's way) through a thresholded x0."""
@@ -290,7 +283,7 @@ class MultistepScheduler(Scheduler):
                 self.config["sample_max_value"],
             )
             epsilon = (sample - alpha_t * x0) / sigma_t
-        return np.asarray(epsilon, dtype=np.float32)
+        return epsilon
 
     def _remember(self, converted: np.ndarray) -> None:
         """Push the newest converted model output, dropping the oldest."""
@@ -311,7 +304,8 @@ class MultistepScheduler(Scheduler):
         eta: float = 0.0,
         generator: TorchGenerator | None = None,
     ) -> np.ndarray:
-        """One solver step; ``eta`` is not a parameter of these solvers and is ignored, as diffusers does."""
+        """One solver step, in float64 (see the module's docstring); ``eta`` is not a parameter of these solvers
+        and is ignored, as diffusers does."""
         if not self.num_inference_steps:
             raise ValueError(f"{self.name}: call set_timesteps before step")
         if self.step_index is None:
@@ -319,14 +313,14 @@ class MultistepScheduler(Scheduler):
         # The last step may land on sigma 0 (lambda = inf): torch computes through the infinities silently.
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             prev_sample = self._advance(
-                np.asarray(model_output, dtype=np.float32), np.asarray(sample, dtype=np.float32), generator
+                np.asarray(model_output, dtype=np.float64), np.asarray(sample, dtype=np.float64), generator
             )
         self.step_index += 1
-        return prev_sample
+        return prev_sample.astype(np.float32)
 
     @abstractmethod
     def _advance(self, model_output: np.ndarray, sample: np.ndarray, generator: TorchGenerator | None) -> np.ndarray:
-        """The sample at the next level, from the model output at ``self.step_index``."""
+        """The sample at the next level (float64), from the model output at ``self.step_index``."""
 
 
 def sde_noise(generator: TorchGenerator | None, shape: tuple[int, ...], name: str) -> np.ndarray:

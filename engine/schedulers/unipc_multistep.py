@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS
-from .multistep import F32, PREDICTION_TYPES, MultistepScheduler, f32_expm1
+from .multistep import PREDICTION_TYPES, MultistepScheduler
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
@@ -121,24 +121,24 @@ class UniPCMultistepScheduler(MultistepScheduler):
         start, scale, differences, rows, b = self._bh_terms(self.step_index + 1, self.step_index, order, sample)
         if not differences:
             return start
-        rhos = np.array([0.5], dtype=np.float32) if order == 2 else np.linalg.solve(rows[:-1, :-1], b[:-1])
-        return np.asarray(start - scale * _contract(rhos, differences), dtype=np.float32)
+        rhos = np.array([0.5]) if order == 2 else np.linalg.solve(rows[:-1, :-1], b[:-1])
+        return start - scale * _contract(rhos, differences)
 
     def _corrected(self, converted: np.ndarray, last_sample: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """UniC-``this_order``: ``sample`` (what the last predictor reached) redone with its model output."""
         assert self.step_index is not None
         order = self.this_order
         start, scale, differences, rows, b = self._bh_terms(self.step_index, self.step_index - 1, order, last_sample)
-        rhos = np.array([0.5], dtype=np.float32) if order == 1 else np.linalg.solve(rows, b)
+        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(rows, b)
         outputs = self._history(1)
-        correction = rhos[-1] * (converted - outputs[0])
+        correction: np.ndarray = rhos[-1] * (converted - outputs[0])
         if differences:
             correction = _contract(rhos[:-1], differences) + correction
-        return np.asarray(start - scale * correction, dtype=np.float32)
+        return start - scale * correction
 
     def _bh_terms(
         self, target_index: int, base_index: int, order: int, sample: np.ndarray
-    ) -> tuple[np.ndarray, np.float32, list[np.ndarray], np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.float64, list[np.ndarray], np.ndarray, np.ndarray]:
         """What UniP and UniC share for a step from ``base_index`` to ``target_index``: the first-order
         update, the weight of the higher-order correction, the scaled output differences, and the system
         ``rows @ rhos = b`` the correction's weights solve."""
@@ -150,22 +150,22 @@ class UniPCMultistepScheduler(MultistepScheduler):
             ratio = (self._level(base_index - k).lam - base.lam) / h
             ratios.append(ratio)
             differences.append((outputs[k] - outputs[0]) / ratio)
-        ratios.append(F32(1.0))
+        ratios.append(np.float64(1.0))
 
         predict_x0 = self.config["predict_x0"]
         hh = -h if predict_x0 else h
-        h_phi_1 = f32_expm1(hh)  # h * phi_1(h) = e^h - 1
+        h_phi_1 = np.expm1(hh)  # h * phi_1(h) = e^h - 1
         h_phi_k = h_phi_1 / hh - 1
-        b_h = hh if self.config["solver_type"] == "bh1" else f32_expm1(hh)
+        b_h = hh if self.config["solver_type"] == "bh1" else np.expm1(hh)
         factorial = 1
         b = []
         for k in range(1, order + 1):
             b.append(h_phi_k * factorial / b_h)
             factorial *= k + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
-        powers = [np.ones(order, dtype=np.float32)]
+        powers = [np.ones(order)]
         for _ in range(1, order):
-            powers.append(powers[-1] * np.array(ratios, dtype=np.float32))
+            powers.append(powers[-1] * np.array(ratios))
         rows = np.stack(powers)
 
         if predict_x0:
@@ -174,9 +174,9 @@ class UniPCMultistepScheduler(MultistepScheduler):
         else:
             start = (target.alpha / base.alpha) * sample - (target.sigma * h_phi_1) * outputs[0]
             scale = target.sigma * b_h
-        return np.asarray(start, dtype=np.float32), scale, differences, rows, np.array(b, dtype=np.float32)
+        return start, scale, differences, rows, np.array(b)
 
 
 def _contract(weights: np.ndarray, differences: list[np.ndarray]) -> np.ndarray:
     """diffusers' ``einsum("k,bkc...->bc...")``: the weighted sum of the output differences."""
-    return np.asarray(sum(w * d for w, d in zip(weights, differences, strict=True)), dtype=np.float32)
+    return np.asarray(sum(w * d for w, d in zip(weights, differences, strict=True)))

@@ -1,0 +1,189 @@
+"""The benchmarks package's subcommands of ``audioldm-trt``: ``bench``, ``loadtest`` and ``loadtest-batching``
+(registered through the ``audioldm_trt.commands`` entry-point group; torch and diffusers, or aiohttp, are
+imported when they run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ..engine.cli import finite_float, import_extra, non_negative_int, positive_float, positive_int
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    bench = commands.add_parser(
+        "bench", parents=[common], help="time this runtime against diffusers on the same work, outputs compared"
+    )
+    source = bench.add_argument_group("model (default: the random-weight --preset, exported into --cache)")
+    source.add_argument("--model", help="diffusers checkpoint (local directory or hub id) to benchmark")
+    source.add_argument("--preset", default="s-full-v2", help="random-weight preset (default s-full-v2)")
+    source.add_argument("--engine", type=Path, help="use this export instead of exporting (diffusers loads its source)")
+    source.add_argument("--cache", type=Path, help="exports kept here (~/.cache/audioldm-trt/bench)")
+    bench.add_argument("--duration", type=positive_float, default=5.0, help="seconds of audio (default 5)")
+    bench.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
+    bench.add_argument("--guidance", type=finite_float, default=2.5, help="guidance scale (default 2.5)")
+    bench.add_argument("--batch", type=positive_int, default=1, help="prompts per generation (default 1)")
+    bench.add_argument("--runs", type=positive_int, default=5, help="timed runs of each contender (default 5)")
+    bench.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
+    bench.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
+        metavar="BACKEND",
+        help="onnxruntime-cpu, onnxruntime-cuda, tensorrt (default: the last two on a GPU host, else the first)",
+    )
+    bench.add_argument("--compile", action="store_true", help="also run diffusers with a torch.compile'd UNet")
+    bench.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
+    bench.set_defaults(handler=_bench)
+    _add_load_tests(commands, common)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    bench = import_extra("audioldm_trt.benchmarks.bench", "export")
+    report = import_extra("audioldm_trt.benchmarks.report", "export")
+    import_extra("audioldm_trt.export.commands", "export").quiet_unless_verbose(args)
+    settings = bench.Settings(
+        model=args.model,
+        preset=args.preset,
+        engine=args.engine,
+        duration=args.duration,
+        steps=args.steps,
+        guidance=args.guidance,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        backends=tuple(args.backends) if args.backends else None,
+        compile=args.compile,
+        cache=args.cache,
+    )
+    record = bench.run_benchmark(settings)
+    paths = report.write_report(record, args.output)
+    print(report.markdown(record))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _add_load_tests(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    load = commands.add_parser(
+        "loadtest", parents=[common], help="open-loop Poisson load on a running `audioldm-trt serve`"
+    )
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    key = load.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
+    key.add_argument("--api-key-file", type=Path, help="a file holding the API key")
+    load.add_argument(
+        "--rate", nargs="+", required=True, type=positive_float, metavar="R", help="requests per second, one run each"
+    )
+    window = load.add_mutually_exclusive_group(required=True)
+    window.add_argument("--duration", type=positive_float, metavar="S", help="seconds of arrivals per rate")
+    window.add_argument("--requests", type=positive_int, metavar="N", help="arrivals per rate")
+    load.add_argument("--timeout", type=positive_float, default=600.0, help="client timeout per request (default 600)")
+    _add_shared_options(load)
+    load.set_defaults(handler=_loadtest)
+
+    compare = commands.add_parser(
+        "loadtest-batching",
+        parents=[common],
+        help="start `audioldm-trt serve` in each batching mode; capacity, then load at a fraction of it",
+    )
+    compare.add_argument("--engine", required=True, type=Path, help="directory written by `audioldm-trt export`")
+    compare.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("step", "request", "none"),
+        default=["step", "request", "none"],
+        help="batching modes, in this order (default: all three)",
+    )
+    compare.add_argument("--load", type=positive_float, default=0.8, help="fraction of capacity offered (0.8)")
+    compare.add_argument("--requests", type=positive_int, default=80, help="Poisson arrivals per mode (80)")
+    compare.add_argument("--capacity-requests", type=positive_int, default=20, help="closed-loop requests (20)")
+    compare.add_argument("--concurrency", type=positive_int, default=4, help="closed-loop users (4)")
+    compare.add_argument("--unloaded-runs", type=positive_int, default=3, help="idle-server runs per class (3)")
+    compare.add_argument("--max-batch", type=positive_int, default=8, help="serve --max-batch (8)")
+    compare.add_argument("--max-queue", type=positive_int, default=64, help="serve --max-queue (64)")
+    compare.add_argument("--serve-args", default="", help="more serve arguments, e.g. '--threads 2'")
+    compare.add_argument("--timeout", type=positive_float, default=1800.0, help="client timeout (default 1800)")
+    compare.add_argument("--ready-timeout", type=positive_float, default=900.0, help="server start limit (900 s)")
+    _add_shared_options(compare)
+    compare.set_defaults(handler=_loadtest_batching)
+
+
+def _add_shared_options(parser: argparse.ArgumentParser) -> None:
+    mix = parser.add_mutually_exclusive_group()
+    mix.add_argument(
+        "--mix",
+        nargs="+",
+        metavar="NAME=WEIGHT[:FIELD=VALUE,...]",
+        help="request classes (default: issue 8's, short=0.7:duration=2.5,steps=10 long=0.3:duration=10,steps=25)",
+    )
+    mix.add_argument("--mix-file", type=Path, help='JSON: {"short": {"weight": 0.7, "duration": 2.5, ...}, ...}')
+    parser.add_argument("--prompt", help="the prompt of the classes that set none (default: a dog in the rain)")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the arrivals and requests (default 0)"
+    )
+    parser.add_argument("--batch-size-metric", help="the server's batch-size histogram (default: *batch_size*)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("loadtest-results"), help="report directory (./loadtest-results)"
+    )
+
+
+def _shared_settings(loadtest: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings both commands take from ``_add_shared_options`` and ``--timeout``."""
+    prompt = args.prompt or loadtest.DEFAULT_PROMPT
+    if args.mix_file:
+        mix = loadtest.load_mix(args.mix_file, prompt)
+    else:
+        mix = loadtest.parse_mix(args.mix or loadtest.DEFAULT_MIX, prompt)
+    return {"mix": mix, "timeout": args.timeout, "seed": args.seed, "batch_size_metric": args.batch_size_metric}
+
+
+def _report(loadtest: Any, record: dict[str, Any], text: str, output: Path, name: str) -> None:
+    paths = loadtest.write_report(record, text, output, name)
+    print(text)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _loadtest(args: argparse.Namespace) -> None:
+    loadtest = import_extra("audioldm_trt.benchmarks.loadtest", "loadtest")
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else args.api_key
+    settings = loadtest.LoadSettings(
+        url=args.url,
+        rates=tuple(args.rate),
+        duration=args.duration,
+        requests=args.requests,
+        api_key=api_key,
+        **_shared_settings(loadtest, args),
+    )
+    record = asyncio.run(loadtest.run_load(settings))
+    _report(loadtest, record, loadtest.markdown(record), args.output, "loadtest")
+
+
+def _loadtest_batching(args: argparse.Namespace) -> None:
+    loadtest = import_extra("audioldm_trt.benchmarks.loadtest", "loadtest")
+    batching = import_extra("audioldm_trt.benchmarks.batching", "loadtest")
+
+    settings = batching.ComparisonSettings(
+        engine=args.engine,
+        modes=tuple(args.modes),
+        load=args.load,
+        requests=args.requests,
+        capacity_requests=args.capacity_requests,
+        concurrency=args.concurrency,
+        unloaded_runs=args.unloaded_runs,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        serve_args=tuple(shlex.split(args.serve_args)),
+        ready_timeout=args.ready_timeout,
+        **_shared_settings(loadtest, args),
+    )
+    record = asyncio.run(batching.compare_batching(settings, batching.serve_processes(settings, args.output)))
+    _report(loadtest, record, batching.markdown(record), args.output, "batching")
+    if failed := batching.failures(record):
+        mode, error = next(iter(failed.items()))
+        raise loadtest.LoadTestError(f"batching {mode} failed: {error}")

@@ -1,0 +1,140 @@
+"""The HTTP API's bodies and the checks of them that need no engine.
+
+Defaults are those of ``audioldm-trt generate``. Field types and ranges, ``--max-steps``, ``--max-duration``,
+``--max-batch`` (waveforms) and the prompt's length in characters are checked here, in the ingress; the checks
+that need the engine (scheduler configs, the engines' profiles and memory, the prompt's length in tokens) are
+``Engine.request``'s and the replica's, before the request is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from audioldm_trt.engine.schedulers import SCHEDULERS
+
+#: A prompt longer than this many characters is refused before it is tokenized: the tokenizer's limit (512
+#: tokens for AudioLDM) is exceeded long before, and the tokenizer's work stays bounded.
+MAX_PROMPT_CHARACTERS = 2000
+#: Request bodies larger than this are refused unread: a valid body is a few hundred bytes.
+MAX_BODY_BYTES = 16 * 1024
+AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
+#: ``Engine.request``'s arguments and the body fields they come from (the names of ``audioldm-trt generate``).
+ENGINE_ARGUMENT_FIELDS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "audio_length_in_s": "duration",
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "num_waveforms_per_prompt": "waveforms",
+    "eta": "eta",
+    "seed": "seed",
+    "scheduler": "scheduler",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts beyond the model's own limits (``serve``'s options)."""
+
+    max_steps: int = 200
+    max_duration: float | None = None
+    max_waveforms: int = 4
+
+
+class GenerateBody(BaseModel):
+    """``POST /v1/generate``: the arguments of ``audioldm-trt generate``, for one prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARACTERS, description="what the audio should be")
+    negative_prompt: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARACTERS, description="what the audio should not contain"
+    )
+    duration: float | None = Field(default=None, gt=0, description="seconds of audio (default: the model's)")
+    steps: int = Field(default=10, ge=1, description="denoising steps")
+    guidance: float = Field(default=2.5, description="classifier-free guidance scale; <= 1 disables it")
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64, description="seed (default: drawn and returned)")
+    eta: float = Field(default=0.0, ge=0, description="DDIM's eta")
+    scheduler: str | None = Field(
+        default=None, description="diffusers scheduler class name (default: the checkpoint's)"
+    )
+    waveforms: int = Field(default=1, ge=1, description="waveforms to generate")
+    format: Literal["wav", "flac"] = Field(default="wav", description="audio file format (16-bit PCM)")
+    stream: bool = Field(default=False, description="answer text/event-stream: progress events, then the result")
+
+    @field_validator("duration", "guidance", "eta")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}; choose one of {', '.join(sorted(SCHEDULERS))}")
+        return value
+
+    def check(self, limits: Limits) -> None:
+        """Raise ValueError naming the field that the server's limits refuse."""
+        if self.steps > limits.max_steps:
+            raise ValueError(f"steps: {self.steps} is above this server's limit of {limits.max_steps}")
+        if limits.max_duration is not None and self.duration is not None and self.duration > limits.max_duration:
+            raise ValueError(f"duration: {self.duration:g} s is above this server's limit of {limits.max_duration:g} s")
+        if self.waveforms > limits.max_waveforms:
+            raise ValueError(f"waveforms: {self.waveforms} is above this server's limit of {limits.max_waveforms}")
+
+    def engine_arguments(self) -> dict[str, Any]:
+        """The ``Engine.request`` arguments of this body."""
+        return {argument: getattr(self, name) for argument, name in ENGINE_ARGUMENT_FIELDS.items()}
+
+
+def validation_message(error: ValidationError) -> str:
+    """pydantic's first complaint as one line: ``field: problem``."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{field}: {message}"
+
+
+class Timings(BaseModel):
+    queue: float = Field(description="seconds from admission to the first UNet call")
+    unet: float
+    vae_decoder: float
+    vocoder: float
+    total: float = Field(description="seconds from the request's arrival to its answer")
+
+
+class GenerateResult(BaseModel):
+    seed: int
+    sampling_rate: int
+    audio: list[str] = Field(description="base64 of one WAV or FLAC file (16-bit PCM) per waveform")
+    timings: Timings
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="one line naming the field and the problem")
+
+
+def encode_audio(audio: np.ndarray, sampling_rate: int, audio_format: str) -> list[bytes]:
+    """One 16-bit PCM WAV or FLAC file per waveform, as ``audioldm-trt generate`` writes them."""
+    import soundfile
+
+    files = []
+    for waveform in audio:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, waveform, sampling_rate, format=audio_format.upper(), subtype="PCM_16")
+        files.append(buffer.getvalue())
+    return files
+
+
+def base64_files(files: list[bytes]) -> list[str]:
+    return [base64.b64encode(data).decode("ascii") for data in files]

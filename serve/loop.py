@@ -1,0 +1,246 @@
+"""A replica's step loop: one thread owns the engine's ``start``/``step``/``decode`` and keeps every admitted
+request in flight.
+
+Each iteration: requests submitted since the last one start (one text-encoder call for all of them);
+requests whose caller went away (disconnect, timeout) leave; the policy picks the requests of the next UNet
+call (one latent height); that call is made and each chosen request's own scheduler steps; the requests that
+finished are decoded together. Every job gets exactly one final event (``Finished`` or ``Failed``), so
+nothing half-done stays in the loop and no caller waits forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from audioldm_trt.engine import Denoising, Engine, Generation, GenerationRequest
+
+from .policy import Candidate, Policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A UNet call the request took part in: ``call`` of ``calls`` done."""
+
+    call: int
+    calls: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    generation: Generation
+    #: Seconds from admission to the request's first UNet call.
+    queue_seconds: float
+    #: Seconds from the first UNet call to the decoded audio.
+    compute_seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request ended without audio; ``status`` is the HTTP status it maps to."""
+
+    status: int
+    message: str
+
+
+Event = Progress | Finished | Failed
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One UNet call of the loop, for the metrics."""
+
+    requests: int
+    rows: int
+    seconds: float
+
+
+_ids = itertools.count()
+
+
+class Job:
+    """One admitted request and the callback its events go back by (called from the loop's thread)."""
+
+    def __init__(self, request: GenerationRequest, notify: Callable[[Event], None]) -> None:
+        self.id = next(_ids)
+        self.request = request
+        self.notify = notify
+        self.admitted = time.perf_counter()
+        self.first_call: float | None = None
+        #: Set when the loop starts the request (its text encoding and initial noise).
+        self.state: Denoising | None = None
+        self.cancelled = False
+
+    @property
+    def started(self) -> Denoising:
+        """The loop state of a started request."""
+        assert self.state is not None
+        return self.state
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            id=self.id,
+            latent_height=self.request.latent_height,
+            rows=self.request.unet_rows,
+            remaining_calls=self.started.remaining_calls,
+            total_calls=self.request.unet_calls,
+        )
+
+
+class StepLoop:
+    """The loop thread of one replica. ``submit`` and ``cancel`` may be called from any thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        on_call: Callable[[CallRecord], None] | None = None,
+        max_decode_waveforms: int | None = None,
+    ) -> None:
+        """``max_decode_waveforms``: the most waveforms one VAE/vocoder call may take (TensorRT's profiles)."""
+        self._engine = engine
+        self._policy = policy
+        self._on_call = on_call
+        self._max_decode_waveforms = max_decode_waveforms
+        self._wake = threading.Condition()
+        self._inbox: list[Job] = []
+        self._running: dict[int, Job] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audioldm-step-loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def policy(self) -> str:
+        return self._policy.name
+
+    def held(self) -> int:
+        """Requests in the loop: submitted, started or in a call."""
+        with self._wake:
+            return len(self._inbox) + len(self._running)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Add requests; they join at the next iteration."""
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the step loop is closed")
+            self._inbox.extend(jobs)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Drop a request at the next iteration (its caller is gone); its work stops there."""
+        with self._wake:
+            job.cancelled = True
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop after the current iteration; requests still held fail with 503."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._inbox or self._running or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                new, self._inbox = self._inbox, []
+            try:
+                self._iterate(new)
+            except Exception as error:  # a bug: answer what the loop holds rather than leave it waiting
+                logger.exception("the step loop failed")
+                held = {job.id: job for job in [*new, *self._running.values()]}
+                self._running = {}
+                for job in held.values():
+                    job.notify(Failed(500, f"the step loop failed: {first_line(error)}"))
+        for job in [*self._inbox, *self._running.values()]:
+            job.notify(Failed(503, "the server is shutting down"))
+        self._inbox, self._running = [], {}
+
+    def _iterate(self, new: list[Job]) -> None:
+        self._start([job for job in new if not self._dropped(job)])
+        for job in [job for job in self._running.values() if self._dropped(job)]:
+            del self._running[job.id]
+        chosen_ids = {c.id for c in self._policy.choose([job.candidate() for job in self._running.values()])}
+        chosen = [job for job in self._running.values() if job.id in chosen_ids]
+        if not chosen:
+            return
+        clock = time.perf_counter()
+        if not self._guarded(chosen, lambda: self._engine.step([job.started for job in chosen])):
+            return
+        if self._on_call is not None:
+            rows = sum(job.request.unet_rows for job in chosen)
+            self._on_call(CallRecord(len(chosen), rows, time.perf_counter() - clock))
+        for job in chosen:
+            job.first_call = job.first_call or clock
+            job.notify(Progress(job.started.calls_done, job.request.unet_calls))
+        finished = [job for job in chosen if job.started.done]
+        for group in self._decode_groups(finished):
+            self._decode(group)
+
+    def _dropped(self, job: Job) -> bool:
+        if job.cancelled:
+            job.notify(Failed(499, "the client went away"))
+        return job.cancelled
+
+    def _start(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        states: list[Denoising] = []
+        if self._guarded(jobs, lambda: states.extend(self._engine.start([job.request for job in jobs]))):
+            for job, state in zip(jobs, states, strict=True):
+                job.state = state
+                self._running[job.id] = job
+
+    def _decode_groups(self, jobs: list[Job]) -> list[list[Job]]:
+        """The finished jobs in as few decoder calls as the waveform limit allows."""
+        groups: list[list[Job]] = []
+        size = 0
+        for job in jobs:
+            waveforms = job.request.waveforms
+            if not groups or (self._max_decode_waveforms is not None and size + waveforms > self._max_decode_waveforms):
+                groups.append([])
+                size = 0
+            groups[-1].append(job)
+            size += waveforms
+        return groups
+
+    def _decode(self, jobs: list[Job]) -> None:
+        generations: list[Generation] = []
+        done = self._guarded(jobs, lambda: generations.extend(self._engine.decode([job.started for job in jobs])))
+        for job in jobs:
+            self._running.pop(job.id, None)
+        if done:
+            now = time.perf_counter()
+            for job, generation in zip(jobs, generations, strict=True):
+                assert job.first_call is not None
+                job.notify(Finished(generation, job.first_call - job.admitted, now - job.first_call))
+
+    def _guarded(self, jobs: Sequence[Job], call: Callable[[], object]) -> bool:
+        """Run an engine call for ``jobs``; on failure they all fail with the error's first line (500) and
+        leave the loop, and the loop goes on with the others."""
+        try:
+            call()
+            return True
+        except Exception as error:
+            logger.exception("engine call failed for %d request(s)", len(jobs))
+            for job in jobs:
+                self._running.pop(job.id, None)
+                job.notify(Failed(500, f"generation failed: {first_line(error)}"))
+            return False
+
+
+def first_line(error: BaseException) -> str:
+    """An error as the one line an HTTP answer carries."""
+    return (str(error).splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,58 @@
+"""What ``audioldm-trt serve`` and a Ray Serve config file set: one model, checked once, shared by both paths."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+
+from audioldm_trt.engine.backends import BACKENDS
+
+from .api import Limits
+from .policy import POLICIES
+
+BATCHING_MODES = ("step", "request", "none")
+
+
+class ServeSettings(BaseModel):
+    """The application's arguments (``build_app``'s ``args`` in a config file; the options of ``serve``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: str = Field(description="engine directory written by `audioldm-trt export` (on every replica's node)")
+    backend: str = Field(default="auto", description=f"one of {', '.join(BACKENDS)}")
+    threads: PositiveInt | None = Field(
+        default=None, description="ONNX Runtime threads per graph call (default: all cores)"
+    )
+    verify: bool = Field(default=True, description="check the engine files' sha256 when a replica loads them")
+    replicas: PositiveInt = 1
+    max_batch: PositiveInt = Field(default=8, description="requests (and waveforms per request) in one UNet call")
+    max_queue: int = Field(default=32, ge=0, description="requests a replica holds beyond --max-batch; past that, 429")
+    request_timeout: PositiveFloat = Field(default=300.0, description="seconds before a request is answered 504")
+    max_duration: PositiveFloat | None = Field(
+        default=None, description="longest audio in seconds (default: the engines')"
+    )
+    max_steps: PositiveInt = 200
+    api_key_file: str | None = Field(
+        default=None, description="file holding the key clients send as Authorization: Bearer"
+    )
+    batching: str = Field(default="step", description="step (step-level batching), request (whole requests) or none")
+    policy: str = Field(default="auto", description=f"auto, {', '.join(POLICIES)}: which requests share a UNet call")
+    #: Ray resources of one engine replica; None: 1 CPU, and 1 GPU on GPU backends.
+    replica_cpus: float | None = Field(default=None, ge=0)
+    replica_gpus: float | None = Field(default=None, ge=0)
+
+    @field_validator("backend", "batching", "policy")
+    @classmethod
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"backend": BACKENDS, "batching": BATCHING_MODES, "policy": ("auto", *POLICIES)}[str(info.field_name)]
+        if value not in choices:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_steps=self.max_steps, max_duration=self.max_duration, max_waveforms=self.max_batch)
+
+    @property
+    def replica_capacity(self) -> int:
+        """Requests one replica holds at once: in its loop (or request batch) and waiting to join."""
+        return self.max_batch + self.max_queue

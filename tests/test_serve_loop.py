@@ -1,0 +1,185 @@
+"""A replica's step loop on a real engine (ONNX Runtime CPU, the tiny model), without Ray: requests that share
+UNet calls each get Engine.generate's audio, cancelled requests leave at the next call, closing fails what is
+held."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from audioldm_trt.engine import Engine
+from audioldm_trt.serve.loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop
+from audioldm_trt.serve.policy import Candidate, Fifo, Fill, LeastWork, Policy
+
+from conftest import ModelUnderTest, relative_difference
+
+#: Requests that differ in everything a request can: length (two share a latent height), steps, scheduler
+#: (a second-order one among them), guidance (one without), waveforms, eta and seed.
+MIXED_REQUESTS: list[dict[str, Any]] = [
+    {"prompt": "a dog barking", "audio_length_in_s": 1.0, "num_inference_steps": 4, "seed": 1},
+    {"prompt": "rain on a roof", "audio_length_in_s": 1.0, "num_inference_steps": 6, "seed": 2, "guidance_scale": 1.0},
+    {
+        "prompt": "a violin",
+        "audio_length_in_s": 0.6,
+        "num_inference_steps": 3,
+        "seed": 3,
+        "scheduler": "HeunDiscreteScheduler",
+    },
+    {
+        "prompt": "thunder",
+        "audio_length_in_s": 1.0,
+        "num_inference_steps": 5,
+        "seed": 4,
+        "num_waveforms_per_prompt": 2,
+        "negative_prompt": "noise",
+    },
+    {"prompt": "birds", "audio_length_in_s": 0.6, "num_inference_steps": 4, "seed": 5, "eta": 0.5},
+    {"prompt": "a train", "num_inference_steps": 2, "seed": 6, "scheduler": "EulerAncestralDiscreteScheduler"},
+]
+
+
+class Recorder:
+    """Collects a job's events as the loop's thread sends them."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+
+    def final(self, timeout: float = 120.0) -> Event:
+        while True:
+            event = self.events.get(timeout=timeout)
+            if not isinstance(event, Progress):
+                return event
+
+
+def submit(loop: StepLoop, engine: Any, arguments: dict[str, Any]) -> tuple[Job, Recorder]:
+    recorder = Recorder()
+    job = Job(engine.request(**arguments), recorder.events.put)
+    loop.submit([job])
+    return job, recorder
+
+
+def reference_audio(model: ModelUnderTest, arguments: dict[str, Any]) -> np.ndarray:
+    """Engine.generate's audio for these arguments, on an engine loaded with the request's scheduler."""
+    arguments = dict(arguments)
+    scheduler = arguments.pop("scheduler", None)
+    engine = model.engine if scheduler is None else Engine.load(model.export, "onnxruntime-cpu", scheduler=scheduler)
+    return engine.generate(**arguments)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny: ModelUnderTest) -> list[np.ndarray]:
+    return [reference_audio(tiny, arguments) for arguments in MIXED_REQUESTS]
+
+
+@pytest.mark.parametrize("policy", [LeastWork(), Fill(max_requests=8), Fifo()], ids=lambda p: p.name)
+def test_each_request_gets_its_own_audio_whatever_shares_its_calls(
+    tiny: ModelUnderTest, expected: list[np.ndarray], policy: Policy
+) -> None:
+    calls: list[CallRecord] = []
+    loop = StepLoop(tiny.engine, policy, on_call=calls.append)
+    try:
+        # Half arrive together, half while the first ones are under way: they join at the next call.
+        first = [submit(loop, tiny.engine, arguments) for arguments in MIXED_REQUESTS[:3]]
+        time.sleep(0.05)
+        later = [submit(loop, tiny.engine, arguments) for arguments in MIXED_REQUESTS[3:]]
+        for (_, recorder), audio in zip(first + later, expected, strict=True):
+            finished = recorder.final()
+            assert isinstance(finished, Finished), finished
+            assert relative_difference(finished.generation.audio, audio) < 1e-4
+            assert finished.queue_seconds >= 0 and finished.compute_seconds > 0
+        assert loop.held() == 0
+    finally:
+        loop.close()
+    requests = [tiny.engine.request(**arguments) for arguments in MIXED_REQUESTS]
+    assert sum(c.rows for c in calls) == sum(r.unet_calls * r.unet_rows for r in requests)
+    if isinstance(policy, Fill):
+        assert max(c.requests for c in calls) > 1  # it did batch across requests
+    else:
+        assert all(c.requests == 1 for c in calls)
+
+
+def test_different_seeds_give_different_audio(expected: list[np.ndarray]) -> None:
+    """The parity above would be void if the random model ignored its inputs."""
+    assert relative_difference(expected[0][:, :8000], expected[1][:, :8000]) > 0.1
+
+
+def test_progress_counts_every_unet_call(tiny: ModelUnderTest) -> None:
+    loop = StepLoop(tiny.engine, LeastWork())
+    try:
+        _, recorder = submit(loop, tiny.engine, {**MIXED_REQUESTS[2]})  # Heun: 2 x 3 - 1 calls
+        steps = []
+        while True:
+            event = recorder.events.get(timeout=60)
+            if not isinstance(event, Progress):
+                break
+            steps.append((event.call, event.calls))
+        assert isinstance(event, Finished)
+        assert steps == [(i, 5) for i in range(1, 6)]
+    finally:
+        loop.close()
+
+
+def test_a_cancelled_request_leaves_at_the_next_call_and_the_others_go_on(
+    tiny: ModelUnderTest, expected: list[np.ndarray]
+) -> None:
+    calls: list[CallRecord] = []
+    loop = StepLoop(tiny.engine, Fill(max_requests=8), on_call=calls.append)
+    try:
+        long_job, long_recorder = submit(loop, tiny.engine, {"prompt": "a long one", "num_inference_steps": 200})
+        assert isinstance(long_recorder.events.get(timeout=60), Progress)  # it is under way
+        _, recorder = submit(loop, tiny.engine, MIXED_REQUESTS[0])
+        loop.cancel(long_job)
+        failed = long_recorder.final()
+        assert failed == Failed(499, "the client went away")
+        done_when_cancelled = len(calls)
+        finished = recorder.final()
+        assert isinstance(finished, Finished)
+        assert relative_difference(finished.generation.audio, expected[0]) < 1e-4
+        assert loop.held() == 0
+        assert long_job.state is not None and long_job.state.calls_done < 200
+        assert len(calls) - done_when_cancelled <= MIXED_REQUESTS[0]["num_inference_steps"] + 1
+    finally:
+        loop.close()
+
+
+def test_closing_fails_what_the_loop_holds(tiny: ModelUnderTest) -> None:
+    loop = StepLoop(tiny.engine, Fifo())
+    _, first = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 200})
+    _, second = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 200})
+    assert isinstance(first.events.get(timeout=60), Progress)
+    loop.close()
+    assert first.final() == Failed(503, "the server is shutting down")
+    assert second.final() == Failed(503, "the server is shutting down")
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.submit([])
+
+
+class FailsOnce(Fifo):
+    """A policy with a bug that shows once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def choose(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the policy")
+        return super().choose(candidates)
+
+
+def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(tiny: ModelUnderTest) -> None:
+    loop = StepLoop(tiny.engine, FailsOnce())
+    try:
+        _, first = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
+        assert first.final() == Failed(500, "the step loop failed: a bug in the policy")
+        assert loop.held() == 0
+        _, second = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 2})
+        assert isinstance(second.final(), Finished)
+    finally:
+        loop.close()
