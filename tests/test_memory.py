@@ -13,7 +13,7 @@ import pytest
 
 from audioldm_trt.benchmarks.memory import main as memory_main
 from audioldm_trt.engine.manifest import WEIGHTS_SUFFIX, Manifest
-from audioldm_trt.engine.memory import check_fits, estimate_peak_bytes, physical_memory_bytes
+from audioldm_trt.engine.memory import check_fits, estimate_peak_bytes, host_array_bytes, physical_memory_bytes
 from audioldm_trt.export.activations import activation_bytes_per_row, peak_activation_bytes
 from audioldm_trt.export.onnx import GraphIO
 
@@ -83,14 +83,28 @@ def test_peak_rss_of_long_audio_stays_within_the_estimate(tiny: ModelUnderTest, 
 def test_requests_beyond_this_machines_memory_are_refused(tiny: ModelUnderTest) -> None:
     manifest = Manifest.load(tiny.export)
     model = manifest.model
-    check_fits(manifest, 1, model.latent_height(60.0), guided=True)
-    for batch, seconds in ((1, 1e9), (10**6, 10.0)):
-        with pytest.raises(ValueError) as caught:
-            check_fits(manifest, batch, model.latent_height(seconds), guided=True)
-        message = str(caught.value)
-        assert "\n" not in message and "GiB of memory, this machine has" in message, message
-        assert " s of audio needs about " in message and (f"{batch} waveforms" in message or batch == 1), message
+    for on_host in (True, False):
+        check_fits(manifest, 1, model.latent_height(60.0), guided=True, graphs_on_host=on_host)
+        for batch, seconds in ((1, 1e9), (10**8, 10.0)):
+            with pytest.raises(ValueError) as caught:
+                check_fits(manifest, batch, model.latent_height(seconds), guided=True, graphs_on_host=on_host)
+            message = str(caught.value)
+            assert "\n" not in message and "GiB of memory, this machine has" in message, message
+            assert " s of audio needs about " in message and (f"{batch} waveforms" in message or batch == 1), message
     # Guidance doubles the UNet's batch; an unguided request needs less.
     height = model.latent_height(20.0)
     assert estimate_peak_bytes(manifest, 1, height, guided=False) <= estimate_peak_bytes(manifest, 1, height, True)
     assert 0 < physical_memory_bytes() < 1 << 50
+
+
+def test_gpu_backends_are_not_refused_by_the_host_estimate(tiny: ModelUnderTest) -> None:
+    """A request whose activations would not fit in host memory, but whose numpy arrays do: a GPU backend holds
+    the activations on the device, so only ONNX Runtime CPU refuses it."""
+    manifest = Manifest.load(tiny.export)
+    height = manifest.model.latent_height(60.0)
+    per_waveform = estimate_peak_bytes(manifest, 2, height, True) - estimate_peak_bytes(manifest, 1, height, True)
+    batch = 2 * physical_memory_bytes() // per_waveform
+    assert host_array_bytes(manifest, batch, height, True) < physical_memory_bytes() // 4
+    check_fits(manifest, batch, height, guided=True, graphs_on_host=False)
+    with pytest.raises(ValueError, match="GiB of memory"):
+        check_fits(manifest, batch, height, guided=True, graphs_on_host=True)

@@ -102,6 +102,7 @@ class OnnxRuntimeBackend(Backend):
         self._ort = onnxruntime
         self.providers = list(providers)
         self.threads = threads
+        self.graphs_on_host = self.providers[0] == CPU
         # Each session's CPU memory arena reuses memory within a run (without it, the VAE decoder's peak is twice
         # as high), but would keep its largest run's memory, so the sessions' peaks would add up (the UNet's
         # still held while the VAE decoder runs, both while the vocoder runs). Shrinking the arena at the end of
