@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,21 @@ def test_fp32_gives_diffusers_audio(model: ModelUnderTest, diffusers_audio: Call
     assert relative_difference(ours, model.engine.generate(**arguments)) < AUDIO_TOLERANCE
 
 
-def test_threads_cap_openvino_and_keep_the_audio(tiny: ModelUnderTest) -> None:
+def test_threads_cap_openvino_and_concurrent_calls_equal_sequential_calls(tiny: ModelUnderTest) -> None:
     engine = Engine.load(tiny.export, backend="openvino", threads=1, verify=False)
     assert "1 threads" in engine.backend.describe()
     assert all(graph.compiled.get_property("INFERENCE_NUM_THREADS") == 1 for graph in engine._graphs.values())
-    arguments: dict[str, Any] = {"prompt": "a dog barking", "seed": 1, "num_inference_steps": 3}
-    assert relative_difference(engine.generate(**arguments), tiny.diffusers_audio(**arguments)) < AUDIO_TOLERANCE
+    requests: list[dict[str, Any]] = [
+        {"prompt": "a dog barking", "seed": 1, "num_inference_steps": 3},
+        {"prompt": ["rain", "thunder"], "seed": 2, "num_inference_steps": 2, "audio_length_in_s": 0.5},
+        {"prompt": "a bell", "seed": 3, "num_inference_steps": 2, "guidance_scale": 1.0},
+    ]
+    sequential = [engine.generate(**request) for request in requests]
+    assert relative_difference(sequential[0], tiny.diffusers_audio(**requests[0])) < AUDIO_TOLERANCE
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        concurrent = list(pool.map(lambda request: engine.generate(**request), requests * 2))
+    for i, audio in enumerate(concurrent):
+        np.testing.assert_array_equal(audio, sequential[i % len(requests)])
 
 
 def test_a_second_load_imports_from_the_cache_and_a_changed_graph_compiles_anew(
