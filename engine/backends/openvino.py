@@ -11,8 +11,8 @@ Precisions (``Engine.load(..., backend="openvino", precision=...)``):
   ``ov::disable_fp16_compression`` sets), which the CPU plugin's precision enforcement skips. A Python string
   in a node's runtime info is not yet that attribute: saving the model as OpenVINO IR turns it into one, so the
   marked model is saved into the cache and compiled from there.
-- ``bf16-plain``: the bf16 hint alone (OpenVINO's own choice: everything in bf16 but the tail after the last
-  convolution), to measure what the fp32 nodes above are worth.
+- ``bf16-plain``: the bf16 hint alone (OpenVINO's own choice of what runs in bf16), to measure what the fp32
+  nodes above are worth.
 
 A CPU without native bf16 (no AVX512_BF16, no AMX) is refused with BackendUnavailableError for the bf16
 precisions: OpenVINO would take the hint silently and compute fp32 there (the compiled model reports f32), so
