@@ -9,19 +9,31 @@ from ..errors import EngineError
 from ..manifest import Manifest
 from .base import Backend, Graph
 from .onnxruntime import CPU, CUDA, OnnxRuntimeBackend, available_providers
+from .openvino import OpenVinoBackend
 from .tensorrt import ENGINE_DIRECTORY, TensorRTBackend, inspect_engines
 
 logger = logging.getLogger(__name__)
 
 #: Names accepted by ``Engine.load(backend=...)`` and ``--backend``.
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
 
 
-def create_backend(name: str, directory: Path, manifest: Manifest, threads: int | None = None) -> Backend:
+def create_backend(
+    name: str, directory: Path, manifest: Manifest, threads: int | None = None, precision: str | None = None
+) -> Backend:
     """The backend called ``name``; ``auto`` is ``choose_backend``'s pick, logged with its reason. ``threads``
-    caps ONNX Runtime's intra-op threads (default: one per core)."""
+    caps ONNX Runtime's intra-op threads or OpenVINO's inference threads (default: one per core).
+    ``precision`` is OpenVINO's (fp32 by default, or bf16); the other backends run the graphs as exported, so
+    for them it can only name the export's precision."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "openvino":
+        return OpenVinoBackend(precision or "fp32", threads)
+    if precision is not None and precision != manifest.precision:
+        raise ValueError(
+            f"precision {precision} needs backend openvino: {name} runs the export's {manifest.precision} graphs"
+            " as they are"
+        )
     if name == "auto":
         name, reason = choose_backend(directory, manifest)
         # Engines that were built but cannot run here deserve a warning: the user expects TensorRT.
