@@ -39,8 +39,6 @@ from .workers import ENGINE_CONTENDERS, ContenderSpec, Loaded, Sample, Work, ser
 
 logger = logging.getLogger(__name__)
 
-#: The precision the bench exports for a device: fp32 on CPU, fp16 on a GPU (diffusers runs the same).
-EXPORT_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
 #: Batch n uses the first n prompts (cycled beyond four).
 PROMPTS = (
     "Techno music with a strong, upbeat tempo and high melodic riffs",
@@ -91,16 +89,15 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         raise ValueError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
     backends = settings.backends or default_backends()
     settings = replace(settings, backends=backends)
-    devices = sorted({ENGINE_CONTENDERS[b][0] for b in backends})
-    checkpoint, engines = prepare_models(settings, devices)
-    work = make_work(settings, Manifest.load(engines[devices[0]]))
+    checkpoint, engines = prepare_models(settings, [ENGINE_CONTENDERS[b].export_precision for b in backends])
+    work = make_work(settings, Manifest.load(next(iter(engines.values()))))
 
     contenders: list[Contender] = []
     notes: list[str] = []
     try:
         for contender in backends:
-            device, backend, precision = ENGINE_CONTENDERS[contender]
-            engine = engines[device]
+            device, backend, precision, export_precision = ENGINE_CONTENDERS[contender]
+            engine = engines[export_precision]
             if backend == "tensorrt" and settings.engine is None and not build_tensorrt_engines(engine, work, notes):
                 continue
             spec = ContenderSpec("engine", device, str(engine), backend=backend, precision=precision)
@@ -137,12 +134,12 @@ def default_backends() -> tuple[str, ...]:
     return ("onnxruntime-cuda", "tensorrt") if machine.gpu_query("name") else ("onnxruntime-cpu",)
 
 
-def prepare_models(settings: Settings, devices: list[str]) -> tuple[str, dict[str, Path]]:
-    """The checkpoint diffusers loads and the engine directory for each device, exporting into the cache
-    what is not there yet."""
+def prepare_models(settings: Settings, precisions: list[str]) -> tuple[str, dict[str, Path]]:
+    """The checkpoint diffusers loads and the engine directory for each export precision, exporting into the
+    cache what is not there yet (``--engine``: that export for every contender)."""
     if settings.engine is not None:
         checkpoint = settings.model or Manifest.load(settings.engine).source
-        return checkpoint, dict.fromkeys(devices, settings.engine)
+        return checkpoint, dict.fromkeys(precisions, settings.engine)
     cache = settings.cache or default_cache()
     if settings.model is None:
         directory = cache / "checkpoints" / settings.preset
@@ -151,11 +148,10 @@ def prepare_models(settings: Settings, devices: list[str]) -> tuple[str, dict[st
     else:
         checkpoint, key = settings.model, re.sub(r"[^A-Za-z0-9._-]+", "_", settings.model)
     engines = {}
-    for device in devices:
-        precision = EXPORT_PRECISION[device]
+    for precision in dict.fromkeys(precisions):
         engine = cache / "exports" / f"{key}-{precision}"
         _cached(engine, partial(export_model, checkpoint, engine, precision=precision, force=True))
-        engines[device] = engine
+        engines[precision] = engine
     return checkpoint, engines
 
 
@@ -387,7 +383,7 @@ def build_record(
         "settings": {
             "model": model,
             "checkpoint": checkpoint,
-            "engines": {device: str(path) for device, path in engines.items()},
+            "engines": {precision: str(path) for precision, path in engines.items()},
             "duration": settings.duration,
             "steps": settings.steps,
             "guidance": settings.guidance,

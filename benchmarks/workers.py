@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,15 +31,26 @@ import numpy as np
 TIMED_STAGES = ("text_encoder", "unet", "vae_decoder", "vocoder", "total")
 
 
-#: Each engine contender of ``--backends``: the device it runs on, and the backend and precision given to
-#: Engine.load (None: the export's). diffusers runs on each device in use, as the reference there.
-ENGINE_CONTENDERS: dict[str, tuple[str, str, str | None]] = {
-    "onnxruntime-cpu": ("cpu", "onnxruntime-cpu", None),
-    "onnxruntime-cuda": ("cuda", "onnxruntime-cuda", None),
-    "tensorrt": ("cuda", "tensorrt", None),
-    "openvino-fp32": ("cpu", "openvino", "fp32"),
-    "openvino-bf16": ("cpu", "openvino", "bf16"),
-    "openvino-bf16-plain": ("cpu", "openvino", "bf16-plain"),
+class EngineContender(NamedTuple):
+    """An engine contender of ``--backends``: the device it runs on, the backend and precision given to
+    Engine.load (None: the export's), and the precision of the export it loads. diffusers runs on each device
+    in use, as the reference there."""
+
+    device: str
+    backend: str
+    precision: str | None
+    export_precision: str
+
+
+ENGINE_CONTENDERS: dict[str, EngineContender] = {
+    "onnxruntime-cpu": EngineContender("cpu", "onnxruntime-cpu", None, "fp32"),
+    "onnxruntime-cuda": EngineContender("cuda", "onnxruntime-cuda", None, "fp16"),
+    # The fp32 export on the GPU: what fp16 gains, and the parity fp16 gives up.
+    "onnxruntime-cuda-fp32": EngineContender("cuda", "onnxruntime-cuda", "fp32", "fp32"),
+    "tensorrt": EngineContender("cuda", "tensorrt", None, "fp16"),
+    "openvino-fp32": EngineContender("cpu", "openvino", "fp32", "fp32"),
+    "openvino-bf16": EngineContender("cpu", "openvino", "bf16", "fp32"),
+    "openvino-bf16-plain": EngineContender("cpu", "openvino", "bf16-plain", "fp32"),
 }
 
 
