@@ -34,14 +34,11 @@ from ..export.exporter import export_model
 from ..export.onnx import relative_max_difference
 from ..export.random_models import PRESETS, write_random_model
 from . import machine, report
-from .workers import ContenderSpec, Loaded, Sample, Work, serve
+from .quality import audio_distance
+from .workers import ENGINE_CONTENDERS, ContenderSpec, Loaded, Sample, Work, serve
 
 logger = logging.getLogger(__name__)
 
-#: The device each engine backend runs on; diffusers runs on each device in use, as the reference there.
-DEVICES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "tensorrt": "cuda"}
-#: The precision the bench exports for a device: fp32 on CPU, fp16 on a GPU (diffusers runs the same).
-EXPORT_PRECISION = {"cpu": "fp32", "cuda": "fp16"}
 #: Batch n uses the first n prompts (cycled beyond four).
 PROMPTS = (
     "Techno music with a strong, upbeat tempo and high melodic riffs",
@@ -76,6 +73,8 @@ class Settings:
     backends: tuple[str, ...] | None = None
     #: Also run diffusers with a torch.compile'd UNet.
     compile: bool = False
+    #: Also run diffusers on the CPU under torch.autocast("cpu", dtype=torch.bfloat16).
+    diffusers_bf16: bool = False
     #: Where checkpoints and exports are kept between runs; None: ``default_cache()``.
     cache: Path | None = None
 
@@ -90,25 +89,28 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         raise ValueError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
     backends = settings.backends or default_backends()
     settings = replace(settings, backends=backends)
-    devices = sorted({DEVICES[b] for b in backends})
-    checkpoint, engines = prepare_models(settings, devices)
-    work = make_work(settings, Manifest.load(engines[devices[0]]))
+    checkpoint, engines = prepare_models(settings, [ENGINE_CONTENDERS[b].export_precision for b in backends])
+    work = make_work(settings, Manifest.load(next(iter(engines.values()))))
 
     contenders: list[Contender] = []
     notes: list[str] = []
     try:
-        for backend in backends:
-            engine = engines[DEVICES[backend]]
+        for contender in backends:
+            device, backend, precision, export_precision = ENGINE_CONTENDERS[contender]
+            engine = engines[export_precision]
             if backend == "tensorrt" and settings.engine is None and not build_tensorrt_engines(engine, work, notes):
                 continue
-            spec = ContenderSpec("engine", DEVICES[backend], str(engine), backend=backend)
+            spec = ContenderSpec("engine", device, str(engine), backend=backend, precision=precision)
             if (started := Contender.start(spec, work, settings.warmup, notes)) is not None:
                 contenders.append(started)
         if not contenders:
             raise BenchmarkError(f"no backend could run here: {'; '.join(notes)}")
         for device in sorted({c.spec.device for c in contenders}):
-            for compiled in (False, True) if settings.compile else (False,):
-                spec = ContenderSpec("diffusers", device, checkpoint, compile=compiled)
+            specs = [ContenderSpec("diffusers", device, checkpoint, compile=compiled) for compiled in (False, True)]
+            specs = specs[: 2 if settings.compile else 1]
+            if settings.diffusers_bf16 and device == "cpu":
+                specs.append(ContenderSpec("diffusers", device, checkpoint, precision="bf16"))
+            for spec in specs:
                 if (started := Contender.start(spec, work, settings.warmup, notes)) is not None:
                     contenders.append(started)
         # The table's order: per device, diffusers first (eager, then compiled), then the engine backends.
@@ -132,12 +134,12 @@ def default_backends() -> tuple[str, ...]:
     return ("onnxruntime-cuda", "tensorrt") if machine.gpu_query("name") else ("onnxruntime-cpu",)
 
 
-def prepare_models(settings: Settings, devices: list[str]) -> tuple[str, dict[str, Path]]:
-    """The checkpoint diffusers loads and the engine directory for each device, exporting into the cache
-    what is not there yet."""
+def prepare_models(settings: Settings, precisions: list[str]) -> tuple[str, dict[str, Path]]:
+    """The checkpoint diffusers loads and the engine directory for each export precision, exporting into the
+    cache what is not there yet (``--engine``: that export for every contender)."""
     if settings.engine is not None:
         checkpoint = settings.model or Manifest.load(settings.engine).source
-        return checkpoint, dict.fromkeys(devices, settings.engine)
+        return checkpoint, dict.fromkeys(precisions, settings.engine)
     cache = settings.cache or default_cache()
     if settings.model is None:
         directory = cache / "checkpoints" / settings.preset
@@ -146,11 +148,10 @@ def prepare_models(settings: Settings, devices: list[str]) -> tuple[str, dict[st
     else:
         checkpoint, key = settings.model, re.sub(r"[^A-Za-z0-9._-]+", "_", settings.model)
     engines = {}
-    for device in devices:
-        precision = EXPORT_PRECISION[device]
+    for precision in dict.fromkeys(precisions):
         engine = cache / "exports" / f"{key}-{precision}"
         _cached(engine, partial(export_model, checkpoint, engine, precision=precision, force=True))
-        engines[device] = engine
+        engines[precision] = engine
     return checkpoint, engines
 
 
@@ -282,6 +283,33 @@ class Contender:
         return kind, payload
 
 
+def _speedup(contender: Contender, baseline: Contender) -> float:
+    """The median over the interleaved rounds of the baseline's time / the contender's time."""
+    pairs = zip(baseline.samples, contender.samples, strict=True)
+    return float(np.median([theirs.timings["total"] / ours.timings["total"] for theirs, ours in pairs]))
+
+
+def _audio(contender: Contender) -> np.ndarray:
+    """The audio of the contender's first timed run (the same latents for every contender)."""
+    audio = contender.samples[0].audio
+    assert audio is not None
+    return audio
+
+
+def _precision(contender: Contender) -> str:
+    assert contender.loaded is not None
+    return contender.loaded.precision
+
+
+def within(quality: dict[str, float], bound: dict[str, float]) -> bool:
+    """Whether audio at ``quality`` is no further from the fp32 audio than ``bound``, by every measure."""
+    return (
+        quality["relative_max_difference"] <= bound["relative_max_difference"]
+        and quality["snr_db"] >= bound["snr_db"]
+        and quality["log_mel_distance_db"] <= bound["log_mel_distance_db"]
+    )
+
+
 def build_record(
     settings: Settings,
     checkpoint: str,
@@ -290,18 +318,33 @@ def build_record(
     contenders: list[Contender],
     notes: list[str],
 ) -> dict[str, Any]:
-    """Everything measured, with the machine, versions and settings: the JSON the report is made from."""
+    """Everything measured, with the machine, versions and settings: the JSON the report is made from.
+
+    Every contender is compared with diffusers on its device in the device's own precision (the reference);
+    a reduced-precision contender beside an fp32 reference also gets its audio's distance to the fp32 audio
+    (``quality``), and an engine contender beside diffusers bf16 its speed-up over that and whether its
+    distance is within diffusers bf16's (``within_diffusers_bf16``: no measure worse)."""
     audio_seconds = settings.duration * settings.batch
-    references = {c.spec.device: c for c in contenders if c.spec.kind == "diffusers" and not c.spec.compile}
+    sampling_rate = Manifest.load(next(iter(engines.values()))).model.sampling_rate
+    diffusers = [c for c in contenders if c.spec.kind == "diffusers" and not c.spec.compile]
+    references = {c.spec.device: c for c in diffusers if c.spec.precision is None}
+    autocast = {c.spec.device: c for c in diffusers if c.spec.precision == "bf16"}
+    qualities = {
+        contender.spec.name: audio_distance(_audio(contender), _audio(references[contender.spec.device]), sampling_rate)
+        for contender in contenders
+        if _precision(contender) != "fp32" and _precision(references[contender.spec.device]) == "fp32"
+    }
     rows = []
     for contender in contenders:
         reference = references[contender.spec.device]
         compared = contender is not reference
         stages = report.stage_statistics(contender.samples)
-        pairs = zip(reference.samples, contender.samples, strict=True)
-        ratios = [theirs.timings["total"] / ours.timings["total"] for theirs, ours in pairs]
-        audio, expected = contender.samples[0].audio, reference.samples[0].audio
-        assert contender.loaded is not None and audio is not None and expected is not None
+        audio, expected = _audio(contender), _audio(reference)
+        loaded = contender.loaded
+        assert loaded is not None
+        bf16 = autocast.get(contender.spec.device) if contender.spec.kind == "engine" else None
+        quality = qualities.get(contender.spec.name)
+        bound = qualities.get(bf16.spec.name) if bf16 is not None else None
         rows.append(
             {
                 "name": contender.spec.name,
@@ -309,19 +352,22 @@ def build_record(
                 "device": contender.spec.device,
                 "backend": contender.spec.backend,
                 "compile": contender.spec.compile,
-                "precision": contender.loaded.precision,
+                "precision": loaded.precision,
                 "source": contender.spec.source,
                 "compared_with": reference.spec.name if compared else None,
-                "import_s": contender.loaded.import_s,
-                "load_s": contender.loaded.load_s,
+                "import_s": loaded.import_s,
+                "load_s": loaded.load_s,
                 "peak_rss_mib": contender.peak_rss_bytes / 2**20,
                 "gpu_memory_mib": contender.gpu_memory_mib,
                 "warmup_total_s": contender.warmup_totals,
                 "unet_calls": contender.samples[0].unet_calls,
                 "stages": stages,
                 "rtf": stages["total"]["median"] / audio_seconds,
-                "speedup": float(np.median(ratios)) if compared else None,
+                "speedup": _speedup(contender, reference) if compared else None,
+                "speedup_vs_diffusers_bf16": _speedup(contender, bf16) if bf16 is not None else None,
                 "parity": relative_max_difference(audio, expected) if compared else None,
+                "quality": quality,
+                "within_diffusers_bf16": within(quality, bound) if quality and bound else None,
             }
         )
     if settings.model is not None:
@@ -337,7 +383,7 @@ def build_record(
         "settings": {
             "model": model,
             "checkpoint": checkpoint,
-            "engines": {device: str(path) for device, path in engines.items()},
+            "engines": {precision: str(path) for precision, path in engines.items()},
             "duration": settings.duration,
             "steps": settings.steps,
             "guidance": settings.guidance,
@@ -346,6 +392,7 @@ def build_record(
             "warmup": settings.warmup,
             "backends": list(settings.backends or ()),
             "compile": settings.compile,
+            "diffusers_bf16": settings.diffusers_bf16,
             "prompts": work.prompts,
             "latent_shape": list(work.latents.shape),
             "latent_seed": LATENT_SEED,

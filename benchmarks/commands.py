@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.cli import finite_float, import_extra, non_negative_int, positive_float, positive_int
+from .workers import ENGINE_CONTENDERS
 
 
 def add_commands(
@@ -33,11 +34,14 @@ def add_commands(
     bench.add_argument(
         "--backends",
         nargs="+",
-        choices=("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"),
+        choices=ENGINE_CONTENDERS,
         metavar="BACKEND",
-        help="onnxruntime-cpu, onnxruntime-cuda, tensorrt (default: the last two on a GPU host, else the first)",
+        help=f"{', '.join(ENGINE_CONTENDERS)} (default: onnxruntime-cuda and tensorrt on a GPU, else onnxruntime-cpu)",
     )
     bench.add_argument("--compile", action="store_true", help="also run diffusers with a torch.compile'd UNet")
+    bench.add_argument(
+        "--diffusers-bf16", action="store_true", help="also run diffusers on the CPU under bf16 torch.autocast"
+    )
     bench.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
     bench.set_defaults(handler=_bench)
     _add_load_tests(commands, common)
@@ -59,6 +63,7 @@ def _bench(args: argparse.Namespace) -> None:
         warmup=args.warmup,
         backends=tuple(args.backends) if args.backends else None,
         compile=args.compile,
+        diffusers_bf16=args.diffusers_bf16,
         cache=args.cache,
     )
     record = bench.run_benchmark(settings)

@@ -39,7 +39,7 @@ prepare)
     step prepare python -c "
 from pathlib import Path
 from audioldm_trt.benchmarks.bench import Settings, prepare_models
-print(prepare_models(Settings(cache=Path('$cache')), ['cpu', 'cuda']))
+print(prepare_models(Settings(cache=Path('$cache')), ['fp32', 'fp16']))
 "
     ;;
 run)

@@ -22,6 +22,7 @@ PACKAGES = (
     "transformers",
     "onnxruntime",
     "onnxruntime-gpu",
+    "openvino",
     "tensorrt",
     "numpy",
 )
@@ -30,6 +31,7 @@ PACKAGES = (
 def describe_machine() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
+        "cpu_bf16": _cpu_bf16_flags(),
         "logical_cores": os.cpu_count(),
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "gpu": gpu_query("name"),
@@ -77,3 +79,19 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+#: CPU flags of native bf16 arithmetic: AVX-512 BF16 (Intel Cooper Lake and later, AMD Zen 4 and later) and AMX.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_bf16_flags() -> list[str]:
+    """Which of BF16_FLAGS the CPU has (Linux; empty elsewhere): the record says whether bf16 was native."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [flag for flag in BF16_FLAGS if flag in flags]
+    return []

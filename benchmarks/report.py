@@ -54,7 +54,7 @@ def markdown(record: dict[str, Any]) -> str:
     rows = record["contenders"]
     library_versions = ", ".join(
         f"{name} {versions[name]}"
-        for name in ("torch", "diffusers", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+        for name in ("torch", "diffusers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
         if name in versions
     )
     gpu = f"{machine['gpu']} ({machine['gpu_memory_mib']} MiB)" if machine["gpu"] else "no GPU"
@@ -63,7 +63,8 @@ def markdown(record: dict[str, Any]) -> str:
         f"{settings['guidance']:g}, batch {settings['batch']}; median and p95 of {settings['runs']} interleaved "
         f"runs after {settings['warmup']} warm-up run(s).",
         "",
-        f"Machine: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['ram_gib']} GiB RAM, {gpu}; "
+        f"Machine: {machine['cpu']} (native bf16: {', '.join(machine.get('cpu_bf16') or ['none'])}), "
+        f"{machine['logical_cores']} logical cores, {machine['ram_gib']} GiB RAM, {gpu}; "
         f"{machine['os']}; Python {machine['python']}, {library_versions}.",
         "",
         "| contender | end to end, median (s) | p95 (s) | RTF | speed-up | parity | imports (s) | load (s) "
@@ -94,8 +95,40 @@ def markdown(record: dict[str, Any]) -> str:
         "diffusers' time / this time, against diffusers on the same device. Parity: max|audio - diffusers| / "
         "max|diffusers| for the same latents.",
     ]
+    lines += _quality_table(rows)
     lines += [f"- {note}" for note in record["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _quality_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The reduced-precision contenders' distance to the fp32 audio (benchmarks/quality.py), with the engine's
+    speed-up over diffusers bf16 and whether it is within diffusers bf16's distance; none without them."""
+    reduced = [row for row in rows if row["quality"] is not None]
+    if not reduced:
+        return []
+    lines = [
+        "",
+        "Quality against the fp32 audio (diffusers fp32, same latents):",
+        "",
+        "| contender | relative max difference | SNR (dB) | log-mel distance (dB) | speed-up vs diffusers bf16 "
+        "| within diffusers bf16's distance |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for row in reduced:
+        quality, within = row["quality"], row["within_diffusers_bf16"]
+        lines.append(
+            f"| {row['name']} ({row['precision']}) | {quality['relative_max_difference']:.1e} "
+            f"| {quality['snr_db']:.1f} | {quality['log_mel_distance_db']:.2f} "
+            f"| {_or_dash(row['speedup_vs_diffusers_bf16'], '{:.2f}x')} "
+            f"| {'-' if within is None else 'yes' if within else 'no'} |"
+        )
+    lines += [
+        "",
+        "SNR: 10 log10(sum fp32**2 / sum (audio - fp32)**2). Log-mel distance: RMS over frames and 64 mel bands of "
+        "the difference of 10 log10 mel power (64 ms Hann windows every 10 ms, floored 80 dB below the loudest "
+        "fp32 bin). Within: no measure worse than diffusers bf16 autocast's.",
+    ]
+    return lines
 
 
 def chart(record: dict[str, Any]) -> bytes:

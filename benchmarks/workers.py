@@ -23,12 +23,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 #: The stages every sample reports, in pipeline order; "total" is end to end.
 TIMED_STAGES = ("text_encoder", "unet", "vae_decoder", "vocoder", "total")
+
+
+class EngineContender(NamedTuple):
+    """An engine contender of ``--backends``: the device it runs on, the backend and precision given to
+    Engine.load (None: the export's), and the precision of the export it loads. diffusers runs on each device
+    in use, as the reference there."""
+
+    device: str
+    backend: str
+    precision: str | None
+    export_precision: str
+
+
+ENGINE_CONTENDERS: dict[str, EngineContender] = {
+    "onnxruntime-cpu": EngineContender("cpu", "onnxruntime-cpu", None, "fp32"),
+    "onnxruntime-cuda": EngineContender("cuda", "onnxruntime-cuda", None, "fp16"),
+    # The fp32 export on the GPU: what fp16 gains, and the parity fp16 gives up.
+    "onnxruntime-cuda-fp32": EngineContender("cuda", "onnxruntime-cuda", "fp32", "fp32"),
+    "tensorrt": EngineContender("cuda", "tensorrt", None, "fp16"),
+    "openvino-fp32": EngineContender("cpu", "openvino", "fp32", "fp32"),
+    "openvino-bf16": EngineContender("cpu", "openvino", "bf16", "fp32"),
+    "openvino-bf16-plain": EngineContender("cpu", "openvino", "bf16-plain", "fp32"),
+}
 
 
 @dataclass(frozen=True)
@@ -45,12 +68,16 @@ class ContenderSpec:
     backend: str | None = None
     #: diffusers: wrap the UNet in torch.compile.
     compile: bool = False
+    #: engine: the precision given to Engine.load (None: the export's); diffusers: "bf16" for
+    #: torch.autocast("cpu", dtype=torch.bfloat16), None for the device's own (fp32 on CPU, fp16 on a GPU).
+    precision: str | None = None
 
     @property
     def name(self) -> str:
         if self.kind == "engine":
-            return f"audioldm-trt {self.backend}"
-        return f"diffusers {self.device}{' + torch.compile' if self.compile else ''}"
+            return f"audioldm-trt {self.backend}{f'-{self.precision}' if self.precision else ''}"
+        autocast = f" {self.precision} autocast" if self.precision else ""
+        return f"diffusers {self.device}{autocast}{' + torch.compile' if self.compile else ''}"
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,8 @@ class Sample:
 
 class DiffusersRunner:
     """diffusers' AudioLDMPipeline as a user runs it: torch eager (fp32 on CPU, fp16 on a GPU), optionally
-    with a compiled UNet. Stage times come from wrapping the components' forward/decode methods."""
+    with a compiled UNet, or fp32 weights under bf16 autocast on the CPU (how torch users get bf16 there).
+    Stage times come from wrapping the components' forward/decode methods."""
 
     def __init__(self) -> None:
         # Quiet: AudioLDMPipeline is deprecated and says so on every load, and loads draw progress bars.
@@ -108,6 +136,7 @@ class DiffusersRunner:
         self._dtype = self._torch.float16 if spec.device == "cuda" else self._torch.float32
         pipe = self._pipeline_class.from_pretrained(spec.source, torch_dtype=self._dtype).to(spec.device)
         pipe.set_progress_bar_config(disable=True)
+        self._autocast = spec.precision == "bf16"
         if spec.compile:
             pipe.unet.forward = self._torch.compile(pipe.unet.forward)
         self._time(pipe.text_encoder, "forward", "text_encoder")
@@ -115,7 +144,7 @@ class DiffusersRunner:
         self._time(pipe.vae, "decode", "vae_decoder")
         self._time(pipe.vocoder, "forward", "vocoder")
         self._pipe = pipe
-        return "fp16" if spec.device == "cuda" else "fp32"
+        return spec.precision or ("fp16" if spec.device == "cuda" else "fp32")
 
     def _synchronize(self) -> None:
         """Wait for the GPU, so that a stage's time is its own work rather than the queueing of it."""
@@ -140,14 +169,16 @@ class DiffusersRunner:
         self._sample = Sample(timings=dict.fromkeys(TIMED_STAGES, 0.0))
         self._synchronize()
         start = time.perf_counter()
-        audio = self._pipe(
-            prompt=work.prompts,
-            audio_length_in_s=work.audio_length_in_s,
-            num_inference_steps=work.num_inference_steps,
-            guidance_scale=work.guidance_scale,
-            latents=self._torch.from_numpy(work.latents).to(self._device, self._dtype),
-            output_type="np",
-        ).audios
+        autocast = self._torch.autocast(self._device, dtype=self._torch.bfloat16, enabled=self._autocast)
+        with autocast:
+            audio = self._pipe(
+                prompt=work.prompts,
+                audio_length_in_s=work.audio_length_in_s,
+                num_inference_steps=work.num_inference_steps,
+                guidance_scale=work.guidance_scale,
+                latents=self._torch.from_numpy(work.latents).to(self._device, self._dtype),
+                output_type="np",
+            ).audios
         self._sample.timings["total"] = time.perf_counter() - start
         self._sample.audio = np.asarray(audio, dtype=np.float32)
         return self._sample
@@ -162,8 +193,8 @@ class EngineRunner:
         self._engine_class = Engine
 
     def load(self, spec: ContenderSpec) -> str:
-        self._engine = self._engine_class.load(spec.source, backend=spec.backend or "auto")
-        return self._engine.manifest.precision
+        self._engine = self._engine_class.load(spec.source, backend=spec.backend or "auto", precision=spec.precision)
+        return spec.precision or self._engine.manifest.precision
 
     def run(self, work: Work) -> Sample:
         generation = self._engine.run(

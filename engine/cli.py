@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .backends import BACKENDS, HOST_BACKENDS, resolve_backend
+from .backends.openvino import PRECISIONS
 from .backends.profiles import OutOfProfileError
 from .errors import EngineError
 from .files import temporary_beside
@@ -132,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduler config overrides, e.g. '{\"use_karras_sigmas\": true}'",
     )
     generate.add_argument("--backend", choices=BACKENDS, default="auto", help="what runs the graphs (default auto)")
-    generate.add_argument("--threads", type=positive_int, help="ONNX Runtime threads per call (default: all cores)")
+    generate.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
+    generate.add_argument(
+        "--precision", choices=PRECISIONS, help="openvino's precision (default fp32; bf16 needs AVX512_BF16 or AMX)"
+    )
     generate.add_argument(
         "--no-verify", action="store_true", help="check the sizes of the engine files, not their hashes"
     )
@@ -180,6 +184,7 @@ def _generate(args: argparse.Namespace) -> None:
         scheduler_config=args.scheduler_config,
         verify=not args.no_verify,
         threads=args.threads,
+        precision=args.precision,
     )
     print(f"running on {engine.backend.describe()} with {engine.scheduler_name}")
     result = engine.complete(request, progress=not args.quiet)

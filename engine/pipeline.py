@@ -82,20 +82,22 @@ class Engine:
         scheduler_config: Mapping[str, Any] | None = None,
         verify: bool = True,
         threads: int | None = None,
+        precision: str | None = None,
     ) -> Engine:
         """Load an export made by ``audioldm-trt export``.
 
         ``scheduler`` is a diffusers class name (default: the checkpoint's own); ``scheduler_config``
         overrides keys of the checkpoint's scheduler config. ``verify`` checks every file against the
-        manifest's hashes while the graphs load (sizes are always checked). ``threads`` caps ONNX Runtime's
-        threads per graph call (default: one per core), for hosts that share the cores."""
+        manifest's hashes while the graphs load (sizes are always checked). ``threads`` caps the backend's
+        threads per graph call (default: one per core), for hosts that share the cores. ``precision`` is the
+        openvino backend's ("fp32", the default, or "bf16"); other backends run the export's own precision."""
         if threads is not None:
             threads = positive_int(threads, "threads")
         directory = Path(directory)
         manifest = Manifest.load(directory)
         choice = SchedulerChoice.of_export(manifest, scheduler, scheduler_config)
         with manifest.verifying(directory, hashes=verify):
-            runtime = create_backend(backend, directory, manifest, threads)
+            runtime = create_backend(backend, directory, manifest, threads, precision)
             graphs = runtime.load_graphs(directory, manifest)
         tokenizer = PromptTokenizer.from_directory(directory / "tokenizer")
         engine = cls(directory, manifest, runtime, graphs, tokenizer, choice)

@@ -9,14 +9,15 @@ from ..errors import EngineError
 from ..manifest import Manifest
 from .base import Backend, Graph
 from .onnxruntime import CPU, CUDA, OnnxRuntimeBackend, available_providers
+from .openvino import OpenVinoBackend
 from .tensorrt import ENGINE_DIRECTORY, TensorRTBackend, inspect_engines
 
 logger = logging.getLogger(__name__)
 
 #: Names accepted by ``Engine.load(backend=...)`` and ``--backend``.
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
 #: The backends whose graphs compute in host memory (``Backend.graphs_on_host``).
-HOST_BACKENDS = ("onnxruntime-cpu",)
+HOST_BACKENDS = ("onnxruntime-cpu", "openvino")
 
 
 def resolve_backend(name: str, directory: Path, manifest: Manifest) -> str:
@@ -35,13 +36,23 @@ def resolve_backend(name: str, directory: Path, manifest: Manifest) -> str:
     return name
 
 
-def create_backend(name: str, directory: Path, manifest: Manifest, threads: int | None = None) -> Backend:
+def create_backend(
+    name: str, directory: Path, manifest: Manifest, threads: int | None = None, precision: str | None = None
+) -> Backend:
     """The backend called ``name`` (see ``resolve_backend``). ``threads`` caps ONNX Runtime's intra-op threads
-    (default: one per core)."""
+    or OpenVINO's inference threads (default: one per core). ``precision`` is OpenVINO's (fp32 by default, or
+    bf16); the other backends run the graphs as exported, so for them it can only name the export's precision."""
     name = resolve_backend(name, directory, manifest)
+    if name == "openvino":
+        return OpenVinoBackend(precision or "fp32", threads)
+    if precision is not None and precision != manifest.precision:
+        raise ValueError(
+            f"precision {precision} needs backend openvino: {name} runs the export's {manifest.precision} graphs"
+            " as they are"
+        )
     if name == "tensorrt":
         return TensorRTBackend(directory, manifest)
-    return OnnxRuntimeBackend([CPU] if name in HOST_BACKENDS else [CUDA, CPU], threads)
+    return OnnxRuntimeBackend([CPU] if name == "onnxruntime-cpu" else [CUDA, CPU], threads)
 
 
 def choose_backend(directory: Path, manifest: Manifest) -> tuple[str, str]:
