@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from diffusers import AudioLDMPipeline
 from tqdm import tqdm
@@ -110,29 +111,26 @@ def export_model(
         )
 
     with atomic_directory(output, force) as work:
-        # ``fused``: attention as ONNX Runtime's MultiHeadAttention (export/attention.py), for networks that have it.
-        exports: dict[str, Callable[[Path, bool], GraphIO]] = {
-            "text_encoder": lambda p, _: export_text_encoder(pipe.text_encoder, p),
-            "unet": lambda p, fused: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim, fused),
-            "vae_decoder": lambda p, fused: export_vae_decoder(pipe.vae, p, spec.latent_width, fused),
-            "vocoder": lambda p, _: export_vocoder(pipe.vocoder, p),
-        }
-        modules = {
-            "text_encoder": pipe.text_encoder,
-            "unet": pipe.unet,
-            "vae_decoder": pipe.vae,
-            "vocoder": pipe.vocoder,
+        # Each network and its export; ``fused``: attention as ONNX Runtime's MultiHeadAttention (attention.py).
+        exports: dict[str, tuple[Any, Callable[[Path, bool], GraphIO]]] = {
+            "text_encoder": (pipe.text_encoder, lambda p, _: export_text_encoder(pipe.text_encoder, p)),
+            "unet": (
+                pipe.unet,
+                lambda p, fused: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim, fused),
+            ),
+            "vae_decoder": (pipe.vae, lambda p, fused: export_vae_decoder(pipe.vae, p, spec.latent_width, fused)),
+            "vocoder": (pipe.vocoder, lambda p, _: export_vocoder(pipe.vocoder, p)),
         }
         graphs: dict[str, GraphSpec] = {}
         with tqdm(total=len(exports), desc="exporting", unit="graph") as bar:
-            for name, export in exports.items():
+            for name, (network, export) in exports.items():
                 bar.set_postfix_str(name)
                 path = work / f"{name}.onnx"
                 io = export(path, False)
                 graph_precision = "fp16" if precision == "fp16" and name not in fp32_graphs else "fp32"
                 _convert(path, name, graph_precision)
                 runtime_path = path
-                if has_attention(modules[name]):
+                if has_attention(network):
                     runtime_path = work / f"{name}.onnxruntime.onnx"
                     export(runtime_path, True)
                     _convert(runtime_path, name, graph_precision)
