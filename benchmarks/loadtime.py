@@ -78,7 +78,7 @@ def measure(contender: str, directory: Path, manifest: Manifest) -> dict[str, fl
     else:
         largest_first = sorted(GRAPH_NAMES, key=manifest.graph_bytes, reverse=True)
         mode = "concurrent" if contender == "onnxruntime-concurrent" else "sequential"
-        code, arguments = _BARE, [mode, *(str(directory / manifest.graphs[g].file) for g in largest_first)]
+        code, arguments = _BARE, [mode, *(str(directory / manifest.graphs[g].onnxruntime_file) for g in largest_first)]
     sample: dict[str, float] = _fresh_process(_CLOCK + code + _REPORT, arguments)
     return sample
 

@@ -231,10 +231,10 @@ def serve(connection: Connection, spec: ContenderSpec) -> None:
         except Exception:
             connection.send(("error", _one_line_error()))
             return
-    connection.send(("done", _peak_rss_bytes()))
+    connection.send(("done", peak_rss_bytes()))
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """The peak RSS of this process. On Linux that is VmHWM, not ``ru_maxrss``: the latter keeps the RSS the
     parent had when it forked this worker, across the exec, and the parent is large after an export."""
     status = Path("/proc/self/status")

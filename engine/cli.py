@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .backends import BACKENDS
+from .backends import BACKENDS, HOST_BACKENDS, resolve_backend
 from .backends.openvino import PRECISIONS
 from .backends.profiles import OutOfProfileError
 from .errors import EngineError
@@ -159,10 +159,9 @@ def _generate(args: argparse.Namespace) -> None:
         raise UsageError(f"--output directory {target.parent} does not exist")
     if not os.access(target.parent, os.W_OK):
         raise OSError(f"cannot write to {target.parent}")
-    paths = output_paths(target, len(args.prompt) * args.waveforms)
-    _check_writable(paths)  # before minutes of work, not after
-    # The arguments are checked against the export before anything is loaded.
+    # The arguments are checked against the export and this machine's memory before anything loads.
     manifest = Manifest.load(args.engine)
+    backend = resolve_backend(args.backend, args.engine, manifest)
     request = GenerationRequest.create(
         manifest,
         SchedulerChoice.of_export(manifest, args.scheduler, args.scheduler_config),
@@ -174,10 +173,13 @@ def _generate(args: argparse.Namespace) -> None:
         num_waveforms_per_prompt=args.waveforms,
         eta=args.eta,
         seed=args.seed,
+        graphs_on_host=backend in HOST_BACKENDS,
     )
+    paths = output_paths(target, request.waveforms)
+    _check_writable(paths)  # before minutes of work, not after
     engine = Engine.load(
         args.engine,
-        backend=args.backend,
+        backend=backend,
         scheduler=args.scheduler,
         scheduler_config=args.scheduler_config,
         verify=not args.no_verify,

@@ -30,7 +30,8 @@ import xxhash
 from .errors import EngineDirectoryError
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+#: 2: the fused-attention graphs ONNX Runtime runs (``onnxruntime_file``) and the activation sizes.
+FORMAT_VERSION = 2
 #: The manifest's key for the XXH3-128 of the rest of its content (as canonical JSON): the manifest checks itself.
 SELF_DIGEST = "manifest_xxh3_128"
 #: The graphs of an export, in pipeline order.
@@ -49,10 +50,18 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
+    #: The graph TensorRT builds from, with attention in the standard pattern TensorRT fuses.
     file: str
     precision: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: The most bytes of intermediate tensors alive at once, per batch item and latent row, in the graph ONNX
+    #: Runtime runs (0 for the text encoder, whose tensors do not grow with the audio): what ``memory.py`` scales.
+    activation_bytes_per_row: float
+    #: The graph ONNX Runtime runs: ``file``, or for a network with attention its form with ONNX Runtime's fused
+    #: attention operator, in memory linear in the tokens (see ``audioldm_trt.export.attention``). Both forms
+    #: read their weights from ``file``'s weights file.
+    onnxruntime_file: str
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,8 @@ class Manifest:
                         precision=g["precision"],
                         inputs={k: TensorSpec(**v) for k, v in g["inputs"].items()},
                         outputs={k: TensorSpec(**v) for k, v in g["outputs"].items()},
+                        activation_bytes_per_row=float(g["activation_bytes_per_row"]),
+                        onnxruntime_file=g["onnxruntime_file"],
                     )
                     for name, g in data["graphs"].items()
                 },

@@ -236,6 +236,7 @@ class Engine:
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            graphs_on_host=self.backend.graphs_on_host,
         )
         self.backend.check_workload(request.waveforms, request.latent_height)
         return request

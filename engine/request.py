@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import Manifest
+from .memory import check_fits
 from .random import check_seed, fresh_seed
 from .schedulers import Scheduler, scheduler_class
 
@@ -108,9 +109,12 @@ class GenerationRequest:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        *,
+        graphs_on_host: bool,
     ) -> GenerationRequest:
         """Check the arguments of ``Engine.run`` (diffusers' ``AudioLDMPipeline.__call__``'s) for the export of
-        ``manifest``."""
+        ``manifest``, and that the generation fits in this machine's memory (``graphs_on_host``: the backend
+        computes in host memory, see ``memory.check_fits``)."""
         model = manifest.model
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
@@ -144,7 +148,7 @@ class GenerationRequest:
                 raise ValueError(f"latents must have shape {shape} for these arguments, got {latents.shape}")
             if not np.isfinite(latents).all():
                 raise ValueError("latents hold NaN or infinity")
-        return cls(
+        request = cls(
             prompts=prompts,
             negative_prompts=_negative_list(negative_prompt, count),
             prompt_embeds=given,
@@ -162,6 +166,8 @@ class GenerationRequest:
             # Also checks the steps against the scheduler (more steps than training timesteps, ...).
             unet_calls=len(scheduler.create(steps).timesteps),
         )
+        check_fits(manifest, request.waveforms, request.latent_height, request.guided, graphs_on_host)
+        return request
 
 
 def prompt_list(prompt: str | Sequence[str], name: str) -> tuple[str, ...]:

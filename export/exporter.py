@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from diffusers import AudioLDMPipeline
 from tqdm import tqdm
@@ -19,8 +20,17 @@ from tqdm import tqdm
 from ..engine.errors import EngineError
 from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
 from ..engine.tokenizer import TOKENIZER_FILES
+from .activations import activation_bytes_per_row
+from .attention import has_attention
 from .files import atomic_directory
-from .onnx import GraphIO, export_text_encoder, export_unet, export_vae_decoder, export_vocoder
+from .onnx import (
+    GraphIO,
+    export_text_encoder,
+    export_unet,
+    export_vae_decoder,
+    export_vocoder,
+    share_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,29 +111,37 @@ def export_model(
         )
 
     with atomic_directory(output, force) as work:
-        exports: dict[str, Callable[[Path], GraphIO]] = {
-            "text_encoder": lambda p: export_text_encoder(pipe.text_encoder, p),
-            "unet": lambda p: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim),
-            "vae_decoder": lambda p: export_vae_decoder(pipe.vae, p, spec.latent_width),
-            "vocoder": lambda p: export_vocoder(pipe.vocoder, p),
+        # Each network and its export; ``fused``: attention as ONNX Runtime's MultiHeadAttention (attention.py).
+        exports: dict[str, tuple[Any, Callable[[Path, bool], GraphIO]]] = {
+            "text_encoder": (pipe.text_encoder, lambda p, _: export_text_encoder(pipe.text_encoder, p)),
+            "unet": (
+                pipe.unet,
+                lambda p, fused: export_unet(pipe.unet, p, spec.latent_width, spec.embedding_dim, fused),
+            ),
+            "vae_decoder": (pipe.vae, lambda p, fused: export_vae_decoder(pipe.vae, p, spec.latent_width, fused)),
+            "vocoder": (pipe.vocoder, lambda p, _: export_vocoder(pipe.vocoder, p)),
         }
         graphs: dict[str, GraphSpec] = {}
         with tqdm(total=len(exports), desc="exporting", unit="graph") as bar:
-            for name, export in exports.items():
+            for name, (network, export) in exports.items():
                 bar.set_postfix_str(name)
                 path = work / f"{name}.onnx"
-                io = export(path)
-                graph_precision = "fp32"
-                if precision == "fp16" and name not in fp32_graphs:
-                    from .fp16 import convert_to_fp16
-
-                    convert_to_fp16(path, name)
-                    graph_precision = "fp16"
+                io = export(path, False)
+                graph_precision = "fp16" if precision == "fp16" and name not in fp32_graphs else "fp32"
+                _convert(path, name, graph_precision)
+                runtime_path = path
+                if has_attention(network):
+                    runtime_path = work / f"{name}.onnxruntime.onnx"
+                    export(runtime_path, True)
+                    _convert(runtime_path, name, graph_precision)
+                    share_weights(path, [runtime_path])
                 graphs[name] = GraphSpec(
                     file=path.name,
                     precision=graph_precision,
                     inputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.inputs.items()},
                     outputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.outputs.items()},
+                    activation_bytes_per_row=activation_bytes_per_row(runtime_path, io, spec),
+                    onnxruntime_file=runtime_path.name,
                 )
                 bar.update()
         _copy_tokenizer(source_dir / "tokenizer", work / "tokenizer")
@@ -139,6 +157,13 @@ def export_model(
         manifest.save(work)
     logger.info("exported %s to %s", source, output)
     return output
+
+
+def _convert(path: Path, name: str, precision: str) -> None:
+    if precision == "fp16":
+        from .fp16 import convert_to_fp16
+
+        convert_to_fp16(path, name)
 
 
 def _copy_tokenizer(source: Path, target: Path) -> None:

@@ -19,15 +19,22 @@ import numpy as np
 import onnx
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from onnx import external_data_helper, numpy_helper
 from transformers import ClapTextModelWithProjection, SpeechT5HifiGan
 
 from ..engine.manifest import WEIGHTS_SUFFIX
+from .attention import CONTRIB_DOMAIN, CONTRIB_OPSET, fused_attention
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
 #: Relative max difference allowed between the fp32 graph and PyTorch at the verification shapes.
 FP32_TOLERANCE = 1e-4
+#: Tensors from this size up go to the weights file that graphs share; smaller ones stay in the graph, as in
+#: ``save_graph`` (onnx's threshold).
+SHARED_TENSOR_BYTES = 1024
+#: Offsets of tensors in a shared weights file are multiples of the page size, so ONNX Runtime can map them.
+SHARED_TENSOR_ALIGNMENT = 4096
 
 
 class ExportError(RuntimeError):
@@ -165,8 +172,11 @@ def _token_inputs(batch: int, tokens: int, vocab: int, padded: bool = True) -> t
     return ids, mask
 
 
-def export_unet(unet: UNet2DConditionModel, path: Path, latent_width: int, embedding_dim: int) -> GraphIO:
-    """sample (batch, C, H, W), timestep (batch,), class_labels (batch, D) -> noise prediction.
+def export_unet(
+    unet: UNet2DConditionModel, path: Path, latent_width: int, embedding_dim: int, fused: bool = False
+) -> GraphIO:
+    """sample (batch, C, H, W), timestep (batch,), class_labels (batch, D) -> noise prediction; ``fused``: the
+    attention as MultiHeadAttention (``attention.py``), checked against diffusers' own attention.
 
     diffusers up-samples to the skip connection's size only when H or W is not a multiple of the UNet's
     total down-sampling, a Python branch a trace freezes. Tracing at such a height puts the general form
@@ -191,14 +201,15 @@ def export_unet(unet: UNet2DConditionModel, path: Path, latent_width: int, embed
             torch.nn.functional.normalize(torch.randn(batch, embedding_dim, generator=generator), dim=-1),
         )
 
-    _export(module, inputs(2, 3 * factor + 1), path, io)
+    _export(module, inputs(2, 3 * factor + 1), path, io, fused)
     _verify(module, path, "unet", inputs(3, 2 * factor), io)
     _verify(module, path, "unet", inputs(1, 5 * factor - 3), io)
     return io
 
 
-def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int) -> GraphIO:
-    """latents (batch, C, H, W), already divided by the scaling factor -> mel (batch, 1, H*f, W*f)."""
+def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int, fused: bool = False) -> GraphIO:
+    """latents (batch, C, H, W), already divided by the scaling factor -> mel (batch, 1, H*f, W*f); ``fused`` as
+    for the UNet."""
     channels = vae.config.latent_channels
     io = GraphIO(
         inputs={"latents": ("float32", ["batch", channels, "height", latent_width])},
@@ -209,7 +220,7 @@ def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int) -> Gra
     def inputs(batch: int, height: int) -> tuple[torch.Tensor]:
         return (torch.randn(batch, channels, height, latent_width, generator=torch.Generator().manual_seed(height)),)
 
-    _export(module, inputs(1, 13), path, io)
+    _export(module, inputs(1, 13), path, io, fused)
     _verify(module, path, "vae_decoder", inputs(2, 20), io)
     return io
 
@@ -242,13 +253,17 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO) -> None:
-    """Trace ``module`` to ``path`` with the symbolic axes of ``io``, its weights in a file of their own."""
+def _export(
+    module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, io: GraphIO, fused: bool = False
+) -> None:
+    """Trace ``module`` to ``path`` with the symbolic axes of ``io``, its weights in a file of their own;
+    ``fused``: with its attention layers traced as MultiHeadAttention."""
     dynamic_axes = {
         name: {axis: dim for axis, dim in enumerate(shape) if isinstance(dim, str)}
         for name, (_, shape) in {**io.inputs, **io.outputs}.items()
     }
-    with torch.no_grad(), _quiet_tracing():
+    tracing = fused_attention(module) if fused else contextlib.nullcontext()
+    with torch.no_grad(), _quiet_tracing(), tracing:
         torch.onnx.export(
             module,
             tuple(args),
@@ -259,6 +274,7 @@ def _export(module: torch.nn.Module, args: Sequence[torch.Tensor], path: Path, i
             dynamic_axes=dynamic_axes,
             opset_version=OPSET,
             do_constant_folding=True,
+            custom_opsets={CONTRIB_DOMAIN: CONTRIB_OPSET} if fused else None,
         )
     save_graph(onnx.load(str(path)), path)
 
@@ -274,6 +290,38 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     data.chmod(stat.S_IMODE(path.stat().st_mode))  # onnx makes it private: the graph's mode, from the umask
+
+
+def share_weights(graph: Path, others: Sequence[Path]) -> None:
+    """Move the weights of ``graph`` and of ``others`` (other forms of the same network, which hold the same
+    weights under names that differ from trace to trace) into ``graph``'s weights file, each distinct tensor
+    once; the weights files of ``others`` go. The manifest's identity of ``graph`` (its files' digests, which
+    TensorRT engine records keep) thereby covers the weights of every form."""
+    paths = [graph, *others]
+    models = [onnx.load(str(path)) for path in paths]  # reads the weights into memory: their files can go
+    for path in paths:
+        path.with_name(path.name + WEIGHTS_SUFFIX).unlink(missing_ok=True)
+    data = graph.with_name(graph.name + WEIGHTS_SUFFIX)
+    offsets: dict[tuple[int, tuple[int, ...], bytes], int] = {}
+    with open(data, "wb") as stream:
+        for model in models:
+            for tensor in model.graph.initializer:
+                if not tensor.HasField("raw_data"):
+                    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+                raw = tensor.raw_data
+                if len(raw) < SHARED_TENSOR_BYTES:
+                    continue
+                key = (tensor.data_type, tuple(tensor.dims), raw)
+                if key not in offsets:
+                    stream.write(b"\0" * (-stream.tell() % SHARED_TENSOR_ALIGNMENT))
+                    offsets[key] = stream.tell()
+                    stream.write(raw)
+                external_data_helper.set_external_data(tensor, data.name, offsets[key], len(raw))
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    for path, model in zip(paths, models, strict=True):
+        onnx.save_model(model, str(path))
+    data.chmod(stat.S_IMODE(graph.stat().st_mode))
 
 
 def _verify(module: torch.nn.Module, path: Path, name: str, args: Sequence[torch.Tensor], io: GraphIO) -> None:

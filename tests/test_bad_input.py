@@ -79,6 +79,21 @@ def test_arguments_are_checked_before_the_engine_loads(tiny: ModelUnderTest, tmp
     assert not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime-cpu", "tensorrt"])
+@pytest.mark.parametrize("flags", [["--duration", "1e9"], ["--waveforms", "100000000"]], ids=["duration", "waveforms"])
+def test_requests_beyond_this_machines_memory_exit_2_before_loading(
+    tiny: ModelUnderTest, tmp_path: Path, backend: str, flags: list[str]
+) -> None:
+    """Refused from the shapes alone, on every backend (the numpy arrays alone would not fit): no graph loads
+    (without a GPU, loading TensorRT would fail with status 1) and nothing runs."""
+    output = tmp_path / "x.wav"
+    result = run_cli(
+        "generate", "a dog", "--engine", str(tiny.export), "--output", str(output), "--backend", backend, *flags
+    )
+    _assert_one_line_error(result, 2, "GiB of memory, this machine has")
+    assert "running on" not in result.stdout and list(tmp_path.iterdir()) == []
+
+
 def test_debug_shows_the_traceback(tiny: ModelUnderTest, tmp_path: Path) -> None:
     result = run_cli(
         "generate", "a dog", "--engine", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.wav"), "--debug"
@@ -172,6 +187,8 @@ class _CountingGraph(Graph):
         ({"latents": np.zeros((2, 4, 50, 8), np.float32)}, "latents must have shape"),
         ({"latents": np.full((1, 4, 50, 8), np.nan, np.float32)}, "latents hold NaN or infinity"),
         ({"latents": np.full((1, 4, 50, 8), -np.inf, np.float32)}, "latents hold NaN or infinity"),
+        ({"audio_length_in_s": 1e9}, "1 waveform of 1e[+]09 s of audio needs about .* GiB of memory"),
+        ({"num_waveforms_per_prompt": 10**8}, "100000000 waveforms of 1 s of audio needs about"),
     ],
 )
 def test_python_errors_are_value_errors_before_any_graph_runs(

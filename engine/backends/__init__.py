@@ -16,17 +16,33 @@ logger = logging.getLogger(__name__)
 
 #: Names accepted by ``Engine.load(backend=...)`` and ``--backend``.
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu", "openvino")
+#: The backends whose graphs compute in host memory (``Backend.graphs_on_host``).
+HOST_BACKENDS = ("onnxruntime-cpu", "openvino")
+
+
+def resolve_backend(name: str, directory: Path, manifest: Manifest) -> str:
+    """The backend ``name`` stands for: ``auto`` is ``choose_backend``'s pick, logged with its reason, and
+    ``onnxruntime`` its CUDA provider where there is one; known before anything loads, so that a request can
+    be checked against what will run it."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name, reason = choose_backend(directory, manifest)
+        # Engines that were built but cannot run here deserve a warning: the user expects TensorRT.
+        level = logging.WARNING if name != "tensorrt" and (directory / ENGINE_DIRECTORY).is_dir() else logging.INFO
+        logger.log(level, "backend auto: %s (%s)", name, reason)
+    if name == "onnxruntime":
+        return "onnxruntime-cuda" if CUDA in available_providers() else "onnxruntime-cpu"
+    return name
 
 
 def create_backend(
     name: str, directory: Path, manifest: Manifest, threads: int | None = None, precision: str | None = None
 ) -> Backend:
-    """The backend called ``name``; ``auto`` is ``choose_backend``'s pick, logged with its reason. ``threads``
-    caps ONNX Runtime's intra-op threads or OpenVINO's inference threads (default: one per core).
-    ``precision`` is OpenVINO's (fp32 by default, or bf16); the other backends run the graphs as exported, so
-    for them it can only name the export's precision."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    """The backend called ``name`` (see ``resolve_backend``). ``threads`` caps ONNX Runtime's intra-op threads
+    or OpenVINO's inference threads (default: one per core). ``precision`` is OpenVINO's (fp32 by default, or
+    bf16); the other backends run the graphs as exported, so for them it can only name the export's precision."""
+    name = resolve_backend(name, directory, manifest)
     if name == "openvino":
         return OpenVinoBackend(precision or "fp32", threads)
     if precision is not None and precision != manifest.precision:
@@ -34,18 +50,9 @@ def create_backend(
             f"precision {precision} needs backend openvino: {name} runs the export's {manifest.precision} graphs"
             " as they are"
         )
-    if name == "auto":
-        name, reason = choose_backend(directory, manifest)
-        # Engines that were built but cannot run here deserve a warning: the user expects TensorRT.
-        level = logging.WARNING if name != "tensorrt" and (directory / ENGINE_DIRECTORY).is_dir() else logging.INFO
-        logger.log(level, "backend auto: %s (%s)", name, reason)
     if name == "tensorrt":
         return TensorRTBackend(directory, manifest)
-    if name == "onnxruntime-cpu":
-        return OnnxRuntimeBackend([CPU], threads)
-    if name == "onnxruntime-cuda":
-        return OnnxRuntimeBackend([CUDA, CPU], threads)
-    return OnnxRuntimeBackend([CUDA, CPU] if CUDA in available_providers() else [CPU], threads)
+    return OnnxRuntimeBackend([CPU] if name == "onnxruntime-cpu" else [CUDA, CPU], threads)
 
 
 def choose_backend(directory: Path, manifest: Manifest) -> tuple[str, str]:
@@ -69,4 +76,4 @@ def tensorrt_unusable(directory: Path, manifest: Manifest) -> str | None:
     return None
 
 
-__all__ = ["BACKENDS", "Backend", "Graph", "choose_backend", "create_backend"]
+__all__ = ["BACKENDS", "HOST_BACKENDS", "Backend", "Graph", "choose_backend", "create_backend", "resolve_backend"]

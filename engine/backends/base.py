@@ -73,6 +73,8 @@ class Backend(ABC):
 
     #: The name users pick the backend by.
     name: str
+    #: Whether the graphs compute in host memory, which a request's weights and activations must then fit.
+    graphs_on_host = False
 
     @abstractmethod
     def load(self, directory: Path, manifest: Manifest, graph: str) -> Graph:

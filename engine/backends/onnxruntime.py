@@ -40,9 +40,10 @@ def available_providers() -> list[str]:
 class OnnxRuntimeGraph(Graph):
     """One session; ``device`` ("cpu" or "cuda") is where its outputs are bound."""
 
-    def __init__(self, name: str, session: object, device: str = "cpu") -> None:
+    def __init__(self, name: str, session: object, run_options: object, device: str = "cpu") -> None:
         super().__init__(name)
         self._session = session
+        self._run_options = run_options
         self._device = device
         self._outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
         #: Inputs kept on a GPU while they are unchanged (``run``'s ``reuse``): name -> (host copy, device value).
@@ -60,7 +61,7 @@ class OnnxRuntimeGraph(Graph):
                 binding.bind_cpu_input(name, array)
         for name in self._outputs:
             binding.bind_output(name, self._device)
-        self._session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        self._session.run_with_iobinding(binding, self._run_options)  # type: ignore[attr-defined]
         return dict(zip(self._outputs, binding.copy_outputs_to_cpu(), strict=True))
 
     def _on_device(self, name: str, array: np.ndarray) -> object:
@@ -101,18 +102,25 @@ class OnnxRuntimeBackend(Backend):
         self._ort = onnxruntime
         self.providers = list(providers)
         self.threads = threads
+        self.graphs_on_host = self.providers[0] == CPU
+        # Each session's CPU memory arena reuses memory within a run (without it, the VAE decoder's peak is twice
+        # as high), but would keep its largest run's memory, so the sessions' peaks would add up (the UNet's
+        # still held while the VAE decoder runs, both while the vocoder runs). Shrinking the arena at the end of
+        # each run hands the activations back: the peak is the largest stage's.
+        self._run_options = onnxruntime.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def load(self, directory: Path, manifest: Manifest, graph: str) -> Graph:
         options = self._ort.SessionOptions()
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
-        path = directory / manifest.graphs[graph].file
+        path = directory / manifest.graphs[graph].onnxruntime_file
         session = self._ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         used = session.get_providers()
         if self.providers[0] not in used:
             raise BackendUnavailableError(f"ONNX Runtime could not use {self.providers[0]} for {graph} (got {used})")
-        return OnnxRuntimeGraph(graph, session, "cuda" if self.providers[0] == CUDA else "cpu")
+        return OnnxRuntimeGraph(graph, session, self._run_options, "cuda" if self.providers[0] == CUDA else "cpu")
 
     def load_graphs(self, directory: Path, manifest: Manifest) -> dict[str, Graph]:
         """On CPU the sessions are created concurrently, the largest graph first, one per core (or per

@@ -105,6 +105,7 @@ class OpenVinoBackend(Backend):
     """OpenVINO's CPU plugin in ``precision``; ``threads`` caps its inference threads (default: one per core)."""
 
     name = "openvino"
+    graphs_on_host = True
 
     def __init__(self, precision: str = "fp32", threads: int | None = None) -> None:
         if precision not in PRECISIONS:
