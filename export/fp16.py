@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -94,8 +96,35 @@ def mixed_precision(model: onnx.ModelProto) -> onnx.ModelProto:
     converted: onnx.ModelProto = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(KEEP_FP32_OPS), node_block_list=sorted(keep)
     )
+    _drop_repeated_nodes(converted.graph)
     _sort_topologically(converted.graph)
     return converted
+
+
+def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
+    """Keep the first of nodes that are the same node (operator, inputs, outputs, attributes) and of value
+    infos of one name. ONNX Runtime's converter before 1.32 puts one Cast after a tensor for each kept node
+    that reads it, all writing the same tensor, which ONNX Runtime then refuses to load."""
+    _keep_first(graph.node, _without_name)
+    _keep_first(graph.value_info, lambda info: info.name)
+
+
+def _keep_first(field: Any, key: Callable[[Any], object]) -> None:
+    seen: set[object] = set()
+    kept = []
+    for item in field:
+        if (identity := key(item)) not in seen:
+            seen.add(identity)
+            kept.append(item)
+    del field[:]
+    field.extend(kept)
+
+
+def _without_name(node: onnx.NodeProto) -> bytes:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.ClearField("name")
+    return copy.SerializeToString(deterministic=True)
 
 
 def _with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:

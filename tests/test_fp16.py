@@ -103,3 +103,34 @@ def test_non_finite_stage_output_names_the_stage_and_the_override(fp16_exports: 
     engine._graphs["unet"] = _NaNGraph("unet")
     with pytest.raises(NonFiniteOutputError, match=r"unet produced NaN or infinity.*--fp32 unet"):
         engine.generate("a bell", audio_length_in_s=0.5, num_inference_steps=2, seed=0)
+
+
+def test_a_tensor_read_by_two_fp32_nodes_gets_one_cast(tmp_path: Path) -> None:
+    """ONNX Runtime's converter before 1.32 (onnxruntime-gpu 1.31 among them) casts such a tensor once per
+    reader, into one tensor name: a graph ONNX Runtime refuses to load. The conversion keeps one Cast."""
+    import onnxruntime
+
+    from audioldm_trt.export.fp16 import mixed_precision
+
+    x = onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    outputs = [onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3]) for name in ("a", "b")]
+    weight = onnx.numpy_helper.from_array(np.full((2, 3), 0.5, np.float32), "w")
+    nodes = [
+        onnx.helper.make_node("Mul", ["x", "w"], ["t"], name="mul"),
+        onnx.helper.make_node("Softmax", ["t"], ["a"], name="first", axis=-1),
+        onnx.helper.make_node("Softmax", ["t"], ["b"], name="second", axis=-1),
+    ]
+    graph = onnx.helper.make_graph(nodes, "two_readers", [x], outputs, [weight])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    converted = mixed_precision(model)
+    written = [name for node in converted.graph.node for name in node.output]
+    assert len(written) == len(set(written)), written
+    assert sum(node.op_type == "Softmax" for node in converted.graph.node) == 2
+    path = tmp_path / "converted.onnx"
+    onnx.save(converted, str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a, b = session.run(None, {"x": feed})
+    expected = np.exp(feed * 0.5) / np.exp(feed * 0.5).sum(-1, keepdims=True)
+    np.testing.assert_allclose(a, expected, rtol=1e-3)
+    np.testing.assert_array_equal(a, b)
