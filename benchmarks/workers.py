@@ -50,7 +50,6 @@ ENGINE_CONTENDERS: dict[str, EngineContender] = {
     "tensorrt": EngineContender("cuda", "tensorrt", None, "fp16"),
     "openvino-fp32": EngineContender("cpu", "openvino", "fp32", "fp32"),
     "openvino-bf16": EngineContender("cpu", "openvino", "bf16", "fp32"),
-    "openvino-bf16-plain": EngineContender("cpu", "openvino", "bf16-plain", "fp32"),
 }
 
 

@@ -73,7 +73,12 @@ def test_arguments_are_checked_before_the_engine_loads(tiny: ModelUnderTest, tmp
     """A request the export cannot take fails before the graphs load: here they could not load at all."""
     engine = _broken_copy(tiny, tmp_path)
     (engine / "unet.onnx").write_bytes(b"")
-    for flags, needle in ((["--steps", "2000"], "num_inference_steps=2000"), (["--eta", "-1"], "eta")):
+    for flags, needle in (
+        (["--steps", "2000"], "num_inference_steps=2000"),
+        # steps_offset 1 with "leading" spacing: timestep 1000 of 1000, where diffusers fails indexing.
+        (["--steps", "1000"], "DDIMScheduler reaches timestep 1000 at 1000 steps"),
+        (["--eta", "-1"], "eta"),
+    ):
         result = run_cli("generate", "a dog", "--engine", str(engine), "--output", str(tmp_path / "x.wav"), *flags)
         _assert_one_line_error(result, 2, needle)
     assert not (tmp_path / "x.wav").exists()

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -295,11 +296,18 @@ def test_raw_audio_of_several_waveforms_is_422(server: Server) -> None:
 
 
 def test_overload_is_429_and_every_request_is_answered(server: Server) -> None:
-    """Twice the capacity at once: 6 are served, the others refused at once with Retry-After; none is lost."""
+    """Twice the capacity at once: 6 are served, the others refused at once with Retry-After; none is lost.
+    The requests are long enough (seconds) that none ends before the last has arrived, on a busy machine too."""
     before = server.metrics()
-    body = {"prompt": "a crowd", "duration": 1.0, "steps": 8, "seed": 7}
+    body = {"prompt": "a crowd", "duration": 1.0, "steps": 150, "seed": 7}
+    together = threading.Barrier(12)
+
+    def post(_: int) -> Answer:
+        together.wait()
+        return server.post(body)
+
     with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda _: server.post(body), range(12)))
+        answers = list(pool.map(post, range(12)))
     statuses = sorted(a.status for a in answers)
     assert statuses == [200] * 6 + [429] * 6, statuses
     for refused in (a for a in answers if a.status == 429):

@@ -11,12 +11,10 @@ Precisions (``Engine.load(..., backend="openvino", precision=...)``):
   ``ov::disable_fp16_compression`` sets), which the CPU plugin's precision enforcement skips. A Python string
   in a node's runtime info is not yet that attribute: saving the model as OpenVINO IR turns it into one, so the
   marked model is saved into the cache and compiled from there.
-- ``bf16-plain``: the bf16 hint alone (OpenVINO's own choice of what runs in bf16), to measure what the fp32
-  nodes above are worth.
 
-A CPU without native bf16 (no AVX512_BF16, no AMX) is refused with BackendUnavailableError for the bf16
-precisions: OpenVINO would take the hint silently and compute fp32 there (the compiled model reports f32), so
-"bf16" would be fp32 at fp32's speed. Whether the CPU has it is what OpenVINO reports: ``BF16`` in the CPU
+A CPU without native bf16 (no AVX512_BF16, no AMX) is refused with BackendUnavailableError for bf16: OpenVINO
+would take the hint silently and compute fp32 there (the compiled model reports f32), so "bf16" would be fp32
+at fp32's speed. Whether the CPU has it is what OpenVINO reports: ``BF16`` in the CPU
 plugin's OPTIMIZATION_CAPABILITIES, and the compiled model's precision is checked again after compiling.
 
 Compiled models are cached (OpenVINO's CACHE_DIR) under ``$XDG_CACHE_HOME/audioldm-trt/openvino`` (default
@@ -46,9 +44,9 @@ from .base import Backend, Graph
 logger = logging.getLogger(__name__)
 
 #: Precisions the backend computes in (see the module docstring).
-PRECISIONS = ("fp32", "bf16", "bf16-plain")
+PRECISIONS = ("fp32", "bf16")
 #: OpenVINO's inference precision for each.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "bf16-plain": "bf16"}
+_HINTS = {"fp32": "f32", "bf16": "bf16"}
 #: OpenVINO op types that stay fp32 under bf16: the normalisations (the ONNX frontend makes MVN of
 #: InstanceNormalization and LayerNormalization), the reductions of decomposed ones, and softmax.
 KEEP_FP32_TYPES = frozenset(
@@ -119,7 +117,7 @@ class OpenVinoBackend(Backend):
         self.precision = precision
         self.threads = threads
         self.cache = default_cache()
-        if _HINTS[precision] == "bf16" and not native_bf16(self._core):
+        if precision == "bf16" and not native_bf16(self._core):
             capabilities = ", ".join(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
             raise BackendUnavailableError(
                 f"precision {precision} needs a CPU with native bf16 (AVX512_BF16 or AMX); OpenVINO reports "
@@ -149,7 +147,7 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = self.threads
         compiled = self._core.compile_model(str(source), "CPU", config)
         computed = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if _HINTS[self.precision] == "bf16" and computed != "bf16":
+        if self.precision == "bf16" and computed != "bf16":
             raise BackendUnavailableError(f"OpenVINO compiled {graph} for {computed}, not bf16, on this CPU")
         loaded = OpenVinoGraph(graph, compiled)
         logger.info("%s: %s", graph, "imported from the cache" if loaded.loaded_from_cache else f"compiled {folder}")

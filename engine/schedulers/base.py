@@ -103,6 +103,18 @@ def discrete_timesteps(config: Mapping[str, Any], num_inference_steps: int) -> n
     return np.round(np.arange(train_steps, 0, -train_steps / num_inference_steps)).astype(np.int64) - 1
 
 
+def check_indexable(name: str, config: Mapping[str, Any], timesteps: np.ndarray, num_inference_steps: int) -> None:
+    """ValueError where a timestep lies beyond the training noise schedule that ``name`` indexes by timestep:
+    ``steps_offset`` 1 with "leading" spacing reaches timestep 1000 of 1000 at 1000 steps, where diffusers
+    fails with an IndexError in its first step."""
+    trained = int(config["num_train_timesteps"])
+    if timesteps.size and timesteps.max() >= trained:
+        raise ValueError(
+            f"{name} reaches timestep {timesteps.max()} at {num_inference_steps} steps with this config,"
+            f" beyond the {trained} training timesteps: use fewer steps"
+        )
+
+
 def _is_one_of(value: Any, allowed: Collection[Any]) -> bool:
     # `True == 1` in Python: compare types too, so that 1 is not taken for True.
     return any(value == a and type(value) is type(a) for a in allowed)

@@ -14,6 +14,7 @@ from .base import (
     TIMESTEP_SPACINGS,
     Scheduler,
     alphas_cumprod_from_config,
+    check_indexable,
     discrete_timesteps,
     threshold_sample,
 )
@@ -56,6 +57,7 @@ class DDIMScheduler(Scheduler):
             raise ValueError(f"num_inference_steps={num_inference_steps} exceeds the {train_steps} training timesteps")
         self.num_inference_steps = num_inference_steps
         self.timesteps = discrete_timesteps(self.config, num_inference_steps)
+        check_indexable(self.name, self.config, self.timesteps, num_inference_steps)
 
     def step(
         self,

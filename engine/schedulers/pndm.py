@@ -13,7 +13,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..random import TorchGenerator
-from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS, Scheduler, discrete_timesteps
+from .base import BETA_SCHEDULES, TIMESTEP_SPACINGS, Scheduler, check_indexable, discrete_timesteps
 from .sigmas import train_alphas_cumprod
 
 #: The order of the multistep method; the Runge-Kutta warm-up covers the last (earliest) this many timesteps.
@@ -78,6 +78,7 @@ class PNDMScheduler(Scheduler):
             self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1]
             plms = timesteps[:-3][::-1]
         self.timesteps = np.concatenate([self.prk_timesteps, plms]).astype(np.int64)
+        check_indexable(self.name, self.config, self.timesteps, num_inference_steps)
         self._reset()
 
     def step(
