@@ -59,7 +59,7 @@ class GraphSpec:
     #: Runtime runs (0 for the text encoder, whose tensors do not grow with the audio): what ``memory.py`` scales.
     activation_bytes_per_row: float
     #: The graph ONNX Runtime runs: ``file``, or for a network with attention its form with ONNX Runtime's fused
-    #: attention operator, in memory linear in the tokens (see ``audioldm_trt.export.attention``). Both forms
+    #: attention operator, in memory linear in the tokens (README: "What an engine directory holds"). Both forms
     #: read their weights from ``file``'s weights file.
     onnxruntime_file: str
 

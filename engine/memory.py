@@ -12,7 +12,7 @@ most bytes of intermediate tensors alive at once, which grows linearly with the 
 Runtime runs compute attention without the score matrix). The graphs run one after another and ONNX Runtime
 hands a run's memory back when it ends, so the largest stage is the one that counts; the UNet's batch doubles
 with classifier-free guidance. The three constants are calibrated on peak-RSS measurements and round them up
-(``python -m audioldm_trt.benchmarks.memory``; figures in benchmarks/README.md) on ONNX Runtime, whose graphs
+(the memory benchmark; its command and figures are in benchmarks/README.md) on ONNX Runtime, whose graphs
 the activations are measured in; OpenVINO, which runs the standard graphs, is checked by the same estimate. On
 a GPU backend only the numpy arrays live in host memory.
 """
