@@ -16,10 +16,9 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from ..engine import manifest as manifest_module
 from ..engine.errors import BackendUnavailableError
 from ..engine.files import write_atomically
 from ..engine.manifest import Manifest
-from ..export.exporter import export_model
+from ..export.exporter import export_models
 from ..export.onnx import relative_max_difference
 from ..export.random_models import PRESETS, write_random_model
 from . import machine, report
@@ -84,12 +83,13 @@ class BenchmarkError(RuntimeError):
 
 
 def run_benchmark(settings: Settings) -> dict[str, Any]:
-    """Run the benchmark and return its record (see ``build_record``)."""
+    """Run the benchmark and return its record (see ``build_record``). A contender that cannot run here, or
+    fails, is recorded in the notes with its one-line reason and the others go on."""
     if settings.model is None and settings.engine is None and settings.preset not in PRESETS:
         raise ValueError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
     backends = settings.backends or default_backends()
     settings = replace(settings, backends=backends)
-    checkpoint, engines = prepare_models(settings, [ENGINE_CONTENDERS[b].export_precision for b in backends])
+    checkpoint, engines = prepare_models(settings, export_precisions(backends))
     work = make_work(settings, Manifest.load(next(iter(engines.values()))))
 
     contenders: list[Contender] = []
@@ -117,15 +117,27 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
         contenders.sort(key=lambda c: (c.spec.device, c.spec.kind == "engine"))
         for run in range(settings.runs):
             for contender in contenders:
-                contender.samples.append(contender.run(work))
-            totals = ", ".join(f"{c.spec.name} {c.samples[-1].timings['total']:.2f} s" for c in contenders)
+                if contender.failure is None:
+                    contender.run_timed(work, notes)
+            totals = ", ".join(
+                f"{c.spec.name} {c.samples[-1].timings['total']:.2f} s" for c in contenders if c.failure is None
+            )
             logger.info("run %d/%d: %s", run + 1, settings.runs, totals)
         for contender in contenders:
-            contender.finish()
+            if contender.failure is None:
+                contender.finish()
     finally:
         for contender in contenders:
             contender.close()
-    return build_record(settings, checkpoint, engines, work, contenders, notes)
+    finished = [c for c in contenders if c.failure is None]
+    if not any(c.spec.kind == "engine" for c in finished):
+        raise BenchmarkError(f"no engine contender finished: {'; '.join(notes)}")
+    return build_record(settings, checkpoint, engines, work, finished, notes)
+
+
+def export_precisions(backends: Sequence[str]) -> list[str]:
+    """The export precisions the engine contenders of ``backends`` load, each once."""
+    return list(dict.fromkeys(ENGINE_CONTENDERS[b].export_precision for b in backends))
 
 
 def default_backends() -> tuple[str, ...]:
@@ -136,58 +148,80 @@ def default_backends() -> tuple[str, ...]:
 
 def prepare_models(settings: Settings, precisions: list[str]) -> tuple[str, dict[str, Path]]:
     """The checkpoint diffusers loads and the engine directory for each export precision, exporting into the
-    cache what is not there yet (``--engine``: that export for every contender)."""
+    cache what is not there yet, every missing precision from one export of the networks (``--engine``: that
+    export for every contender)."""
     if settings.engine is not None:
         checkpoint = settings.model or Manifest.load(settings.engine).source
         return checkpoint, dict.fromkeys(precisions, settings.engine)
     cache = settings.cache or default_cache()
     if settings.model is None:
         directory = cache / "checkpoints" / settings.preset
-        _cached(directory, partial(write_random_model, settings.preset, directory, force=True))
+        if not _is_current(directory):
+            logger.info("writing %s", directory)
+            write_random_model(settings.preset, directory, force=True)
+            _stamp(directory)
         checkpoint, key = str(directory), settings.preset
     else:
         checkpoint, key = settings.model, re.sub(r"[^A-Za-z0-9._-]+", "_", settings.model)
-    engines = {}
-    for precision in dict.fromkeys(precisions):
-        engine = cache / "exports" / f"{key}-{precision}"
-        _cached(engine, partial(export_model, checkpoint, engine, precision=precision, force=True))
-        engines[precision] = engine
+    engines = {precision: cache / "exports" / f"{key}-{precision}" for precision in dict.fromkeys(precisions)}
+    stale = {precision: engine for precision, engine in engines.items() if not _is_current(engine)}
+    if stale:
+        logger.info("exporting %s (a few minutes for the full-size model)", ", ".join(map(str, stale.values())))
+        export_models(checkpoint, stale, force=True)
+        for engine in stale.values():
+            _stamp(engine)
     return checkpoint, engines
 
 
-def _cached(directory: Path, make: Callable[[], Path]) -> None:
-    """Make ``directory`` unless the cache holds one made by the same exporter code: a stamp beside it keeps
-    the digest of the sources of ``audioldm_trt.export`` and the manifest, so an edit there makes it anew."""
+def _sources_digest() -> str:
+    """The digest of the sources of ``audioldm_trt.export`` and the manifest: a cached directory made by other
+    exporter code is made anew."""
     sources = sorted(Path(export_package.__file__).parent.glob("*.py"))
     digest = hashlib.sha256()
     for source in [*sources, Path(manifest_module.__file__)]:
         digest.update(source.read_bytes())
-    stamp = directory.with_name(f"{directory.name}.digest")
-    if directory.is_dir() and stamp.is_file() and stamp.read_text() == digest.hexdigest():
+    return digest.hexdigest()
+
+
+def _stamp_path(directory: Path) -> Path:
+    return directory.with_name(f"{directory.name}.digest")
+
+
+def _is_current(directory: Path) -> bool:
+    stamp = _stamp_path(directory)
+    current = directory.is_dir() and stamp.is_file() and stamp.read_text() == _sources_digest()
+    if current:
         logger.info("reusing %s", directory)
-        return
-    logger.info("making %s (a few minutes for the full-size model)", directory)
-    make()
-    write_atomically(stamp, digest.hexdigest().encode())
+    return current
+
+
+def _stamp(directory: Path) -> None:
+    write_atomically(_stamp_path(directory), _sources_digest().encode())
 
 
 def build_tensorrt_engines(engine: Path, work: Work, notes: list[str]) -> bool:
     """TensorRT runs engines built for declared shapes: build them into the bench's export for exactly the
     benchmarked batch and duration, as for a fixed workload (a rerun keeps engines that are up to date).
     False, with a note, where they cannot be built here (no TensorRT, no GPU)."""
+    from ..engine.backends.cuda import current_device
     from ..engine.backends.profiles import Range
-    from ..export.tensorrt import build_engines
+    from ..engine.backends.tensorrt import require_tensorrt
+    from ..export.tensorrt import BuildError, build_engines
 
     batch, duration = len(work.prompts), work.audio_length_in_s
-    logger.info("building TensorRT engines in %s for batch %d, %g s (minutes the first time)", engine, batch, duration)
     try:
+        current_device()
+        require_tensorrt()  # before the ONNX parser's lint, which needs neither
+        logger.info(
+            "building TensorRT engines in %s for batch %d, %g s (minutes the first time)", engine, batch, duration
+        )
         build_engines(
             engine,
             batch=Range(batch, batch, batch),
             duration=Range(duration, duration, duration),
             progress=logger.isEnabledFor(logging.INFO),
         )
-    except BackendUnavailableError as error:
+    except (BackendUnavailableError, BuildError) as error:
         notes.append(f"audioldm-trt tensorrt skipped: {error}")
         logger.warning("%s", notes[-1])
         return False
@@ -217,11 +251,14 @@ class Contender:
     warmup_totals: list[float] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     peak_rss_bytes: int = 0
+    #: Why the contender stopped before its last run (one line), or None.
+    failure: str | None = None
 
     @classmethod
     def start(cls, spec: ContenderSpec, work: Work, warmup: int, notes: list[str]) -> Contender | None:
         """Spawn the worker, wait for its load and its warm-up runs; None (and a note) if its backend cannot
-        run here. One at a time, so no load competes with another and the GPU memory each adds is its own."""
+        run here or it fails. One at a time, so no load competes with another and the GPU memory each adds is
+        its own."""
         logger.info("starting %s", spec.name)
         context = multiprocessing.get_context("spawn")
         connection, child = context.Pipe()
@@ -241,6 +278,11 @@ class Contender:
             clock = time.perf_counter()
             contender.warmup_totals = [contender.run(work).timings["total"] for _ in range(warmup)]
             gpu_after = machine.gpu_memory_used_mib()
+        except BenchmarkError as error:
+            contender.close()
+            notes.append(f"{spec.name} failed: {error}")
+            logger.warning("%s", notes[-1])
+            return None
         except BaseException:
             contender.close()
             raise
@@ -260,6 +302,16 @@ class Contender:
         self.connection.send(work)
         return self._receive()[1]  # type: ignore[no-any-return]
 
+    def run_timed(self, work: Work, notes: list[str]) -> None:
+        """One timed run into ``samples``; a failure ends this contender (noted), not the benchmark."""
+        try:
+            self.samples.append(self.run(work))
+        except BenchmarkError as error:
+            self.failure = str(error)
+            notes.append(f"{self.spec.name} failed in timed run {len(self.samples) + 1}: {error}")
+            logger.warning("%s", notes[-1])
+            self.close()
+
     def finish(self) -> None:
         """Stop the worker and keep its peak RSS."""
         self.connection.send(None)
@@ -277,9 +329,9 @@ class Contender:
             kind, payload = self.connection.recv()
         except EOFError:
             self.process.join(timeout=10)
-            raise BenchmarkError(f"{self.spec.name}: the worker died (exit code {self.process.exitcode})") from None
+            raise BenchmarkError(f"the worker died (exit code {self.process.exitcode})") from None
         if kind == "error":
-            raise BenchmarkError(f"{self.spec.name}: {payload}")
+            raise BenchmarkError(payload)
         return kind, payload
 
 
@@ -320,31 +372,39 @@ def build_record(
 ) -> dict[str, Any]:
     """Everything measured, with the machine, versions and settings: the JSON the report is made from.
 
-    Every contender is compared with diffusers on its device in the device's own precision (the reference);
-    a reduced-precision contender beside an fp32 reference also gets its audio's distance to the fp32 audio
-    (``quality``), and an engine contender beside diffusers bf16 its speed-up over that and whether its
-    distance is within diffusers bf16's (``within_diffusers_bf16``: no measure worse)."""
+    Every contender is compared with diffusers on its device in the device's own precision (the reference,
+    ``parity``); a reduced-precision contender also gets its audio's distance to the fp32 audio of its device
+    (``quality``): diffusers fp32 on the CPU, the engine's fp32 export on a GPU (TF32 off), where they ran.
+    An engine contender beside diffusers bf16 also gets its speed-up over that and whether its distance is
+    within diffusers bf16's (``within_diffusers_bf16``: no measure worse)."""
     audio_seconds = settings.duration * settings.batch
     sampling_rate = Manifest.load(next(iter(engines.values()))).model.sampling_rate
     diffusers = [c for c in contenders if c.spec.kind == "diffusers" and not c.spec.compile]
     references = {c.spec.device: c for c in diffusers if c.spec.precision is None}
     autocast = {c.spec.device: c for c in diffusers if c.spec.precision == "bf16"}
+    fp32_references: dict[str, Contender] = {}
+    for contender in sorted(contenders, key=lambda c: c.spec.kind != "diffusers"):
+        if _precision(contender) == "fp32" and not contender.spec.compile:
+            fp32_references.setdefault(contender.spec.device, contender)
     qualities = {
-        contender.spec.name: audio_distance(_audio(contender), _audio(references[contender.spec.device]), sampling_rate)
+        contender.spec.name: audio_distance(
+            _audio(contender), _audio(fp32_references[contender.spec.device]), sampling_rate
+        )
         for contender in contenders
-        if _precision(contender) != "fp32" and _precision(references[contender.spec.device]) == "fp32"
+        if _precision(contender) != "fp32" and contender.spec.device in fp32_references
     }
     rows = []
     for contender in contenders:
-        reference = references[contender.spec.device]
-        compared = contender is not reference
+        reference = references.get(contender.spec.device)
+        compared = reference is not None and contender is not reference
         stages = report.stage_statistics(contender.samples)
-        audio, expected = _audio(contender), _audio(reference)
+        audio = _audio(contender)
         loaded = contender.loaded
         assert loaded is not None
         bf16 = autocast.get(contender.spec.device) if contender.spec.kind == "engine" else None
         quality = qualities.get(contender.spec.name)
         bound = qualities.get(bf16.spec.name) if bf16 is not None else None
+        fp32_reference = fp32_references.get(contender.spec.device)
         rows.append(
             {
                 "name": contender.spec.name,
@@ -354,7 +414,8 @@ def build_record(
                 "compile": contender.spec.compile,
                 "precision": loaded.precision,
                 "source": contender.spec.source,
-                "compared_with": reference.spec.name if compared else None,
+                "versions": loaded.versions,
+                "compared_with": reference.spec.name if compared and reference is not None else None,
                 "import_s": loaded.import_s,
                 "load_s": loaded.load_s,
                 "peak_rss_mib": contender.peak_rss_bytes / 2**20,
@@ -363,10 +424,11 @@ def build_record(
                 "unet_calls": contender.samples[0].unet_calls,
                 "stages": stages,
                 "rtf": stages["total"]["median"] / audio_seconds,
-                "speedup": _speedup(contender, reference) if compared else None,
+                "speedup": _speedup(contender, reference) if compared and reference is not None else None,
                 "speedup_vs_diffusers_bf16": _speedup(contender, bf16) if bf16 is not None else None,
-                "parity": relative_max_difference(audio, expected) if compared else None,
+                "parity": relative_max_difference(audio, _audio(reference)) if compared and reference else None,
                 "quality": quality,
+                "quality_reference": fp32_reference.spec.name if quality and fp32_reference else None,
                 "within_diffusers_bf16": within(quality, bound) if quality and bound else None,
             }
         )
@@ -379,7 +441,7 @@ def build_record(
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.describe_machine(),
-        "versions": machine.versions(),
+        "versions": machine.merged_versions([c.loaded.versions for c in contenders if c.loaded is not None]),
         "settings": {
             "model": model,
             "checkpoint": checkpoint,

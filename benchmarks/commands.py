@@ -43,6 +43,11 @@ def add_commands(
         "--diffusers-bf16", action="store_true", help="also run diffusers on the CPU under bf16 torch.autocast"
     )
     bench.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
+    bench.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the checkpoint and the exports --backends load into --cache, then stop (no timing)",
+    )
     bench.set_defaults(handler=_bench)
     _add_load_tests(commands, common)
 
@@ -66,6 +71,11 @@ def _bench(args: argparse.Namespace) -> None:
         diffusers_bf16=args.diffusers_bf16,
         cache=args.cache,
     )
+    if args.prepare_only:
+        backends = settings.backends or bench.default_backends()
+        checkpoint, engines = bench.prepare_models(settings, bench.export_precisions(backends))
+        print(f"prepared {checkpoint} and {', '.join(str(path) for path in engines.values())}")
+        return
     record = bench.run_benchmark(settings)
     paths = report.write_report(record, args.output)
     print(report.markdown(record))

@@ -10,6 +10,8 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,45 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+#: Modules whose versions a worker reports as imported, under the names the report uses.
+IMPORTED_MODULES = {
+    "torch": "torch",
+    "diffusers": "diffusers",
+    "transformers": "transformers",
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "tensorrt": "tensorrt",
+    "numpy": "numpy",
+}
+
+
+def imported_versions() -> dict[str, str]:
+    """The versions of the modules this process has imported, read from the modules themselves: where two
+    builds are installed (the image's onnxruntime and a carried onnxruntime-gpu), the one that runs."""
+    found = {"audioldm-trt": versions().get("audioldm-trt", "unknown")}
+    for name, module_name in IMPORTED_MODULES.items():
+        module = sys.modules.get(module_name)
+        version = getattr(module, "__version__", None)
+        if not isinstance(version, str):
+            continue
+        if name == "torch" and getattr(getattr(module, "version", None), "cuda", None):
+            version += f" (CUDA {module.version.cuda})"  # type: ignore[union-attr]
+        if name == "onnxruntime":
+            version += f" ({', '.join(module.get_available_providers())})"  # type: ignore[union-attr]
+        found[name] = version
+    return found
+
+
+def merged_versions(per_process: Sequence[dict[str, str]]) -> dict[str, str]:
+    """One version per module over the processes that imported it (all of them, where they differ)."""
+    merged: dict[str, list[str]] = {}
+    for found in per_process:
+        for name, version in found.items():
+            if version not in merged.setdefault(name, []):
+                merged[name].append(version)
+    return {name: " / ".join(values) for name, values in merged.items()}
 
 
 def gpu_query(field: str) -> str | None:

@@ -54,7 +54,7 @@ def markdown(record: dict[str, Any]) -> str:
     rows = record["contenders"]
     library_versions = ", ".join(
         f"{name} {versions[name]}"
-        for name in ("torch", "diffusers", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+        for name in ("torch", "diffusers", "transformers", "onnxruntime", "openvino", "tensorrt")
         if name in versions
     )
     gpu = f"{machine['gpu']} ({machine['gpu_memory_mib']} MiB)" if machine["gpu"] else "no GPU"
@@ -108,16 +108,17 @@ def _quality_table(rows: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "Quality against the fp32 audio (diffusers fp32, same latents):",
+        "Quality against the fp32 audio of the same latents on the same device:",
         "",
-        "| contender | relative max difference | SNR (dB) | log-mel distance (dB) | speed-up vs diffusers bf16 "
-        "| within diffusers bf16's distance |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| contender | fp32 reference | relative max difference | SNR (dB) | log-mel distance (dB) "
+        "| speed-up vs diffusers bf16 | within diffusers bf16's distance |",
+        "|---|---|--:|--:|--:|--:|--:|",
     ]
     for row in reduced:
         quality, within = row["quality"], row["within_diffusers_bf16"]
         lines.append(
-            f"| {row['name']} ({row['precision']}) | {quality['relative_max_difference']:.1e} "
+            f"| {row['name']} ({row['precision']}) | {row['quality_reference']} "
+            f"| {quality['relative_max_difference']:.1e} "
             f"| {quality['snr_db']:.1f} | {quality['log_mel_distance_db']:.2f} "
             f"| {_or_dash(row['speedup_vs_diffusers_bf16'], '{:.2f}x')} "
             f"| {'-' if within is None else 'yes' if within else 'no'} |"

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .machine import imported_versions
+
 #: The stages every sample reports, in pipeline order; "total" is end to end.
 TIMED_STAGES = ("text_encoder", "unet", "vae_decoder", "vocoder", "total")
 
@@ -101,6 +103,8 @@ class Loaded:
     load_s: float
     #: The precision the contender computes in.
     precision: str
+    #: The versions of the modules the worker imported (``machine.imported_versions``).
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,7 +227,7 @@ def serve(connection: Connection, spec: ContenderSpec) -> None:
     except Exception:
         connection.send(("error", _one_line_error()))
         return
-    connection.send(("ready", Loaded(imported - started, loaded - imported, precision)))
+    connection.send(("ready", Loaded(imported - started, loaded - imported, precision, imported_versions())))
     while (work := connection.recv()) is not None:
         try:
             connection.send(("sample", runner.run(work)))

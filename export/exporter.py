@@ -6,10 +6,12 @@ interrupted export never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Collection
+import tempfile
+from collections.abc import Callable, Collection, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from diffusers import AudioLDMPipeline
 from tqdm import tqdm
 
 from ..engine.errors import EngineError
-from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
+from ..engine.manifest import GRAPH_NAMES, WEIGHTS_SUFFIX, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
 from ..engine.tokenizer import TOKENIZER_FILES
 from .activations import activation_bytes_per_row
 from .attention import has_attention
@@ -95,14 +97,27 @@ def export_model(
     force: bool = False,
 ) -> Path:
     """Export ``source`` into ``output``; ``fp32_graphs`` stay fp32 when ``precision`` is fp16."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return export_models(source, {precision: output}, fp32_graphs, force)[precision]
+
+
+def export_models(
+    source: str,
+    outputs: Mapping[str, str | os.PathLike[str]],
+    fp32_graphs: Collection[str] = (),
+    force: bool = False,
+) -> dict[str, Path]:
+    """Export ``source`` once per precision of ``outputs`` (precision -> directory), tracing and checking each
+    network against PyTorch once for all of them: an fp16 directory is converted from the same fp32 graphs."""
+    targets = {precision: Path(output) for precision, output in outputs.items()}
+    for precision in targets:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     unknown = sorted(set(fp32_graphs) - set(GRAPH_NAMES))
     if unknown:
         raise ValueError(f"unknown graph {unknown[0]!r} for --fp32; choose from {', '.join(GRAPH_NAMES)}")
-    output = Path(output)
-    if output.exists() and not force:
-        raise FileExistsError(f"{output} already exists (pass --force to replace it)")
+    for output in targets.values():
+        if output.exists() and not force:
+            raise FileExistsError(f"{output} already exists (pass --force to replace it)")
     pipe, source_dir = load_pipeline(source)
     spec = model_spec(pipe)
     if spec.mel_bins % spec.vae_scale_factor:
@@ -110,7 +125,11 @@ def export_model(
             f"{source}: {spec.mel_bins} mel bins are not divisible by the VAE factor {spec.vae_scale_factor}"
         )
 
-    with atomic_directory(output, force) as work:
+    with contextlib.ExitStack() as stack:
+        # Every directory appears at the end or not at all; the traced fp32 graphs wait in a scratch directory.
+        works = {precision: stack.enter_context(atomic_directory(path, force)) for precision, path in targets.items()}
+        scratch = tempfile.TemporaryDirectory(prefix=".traces-", dir=next(iter(works.values())).parent)
+        traces = Path(stack.enter_context(scratch))
         # Each network and its export; ``fused``: attention as ONNX Runtime's MultiHeadAttention (attention.py).
         exports: dict[str, tuple[Any, Callable[[Path, bool], GraphIO]]] = {
             "text_encoder": (pipe.text_encoder, lambda p, _: export_text_encoder(pipe.text_encoder, p)),
@@ -121,42 +140,48 @@ def export_model(
             "vae_decoder": (pipe.vae, lambda p, fused: export_vae_decoder(pipe.vae, p, spec.latent_width, fused)),
             "vocoder": (pipe.vocoder, lambda p, _: export_vocoder(pipe.vocoder, p)),
         }
-        graphs: dict[str, GraphSpec] = {}
+        graphs: dict[str, dict[str, GraphSpec]] = {precision: {} for precision in works}
         with tqdm(total=len(exports), desc="exporting", unit="graph") as bar:
             for name, (network, export) in exports.items():
                 bar.set_postfix_str(name)
-                path = work / f"{name}.onnx"
-                io = export(path, False)
-                graph_precision = "fp16" if precision == "fp16" and name not in fp32_graphs else "fp32"
-                _convert(path, name, graph_precision)
-                runtime_path = path
-                if has_attention(network):
-                    runtime_path = work / f"{name}.onnxruntime.onnx"
-                    export(runtime_path, True)
-                    _convert(runtime_path, name, graph_precision)
-                    share_weights(path, [runtime_path])
-                graphs[name] = GraphSpec(
-                    file=path.name,
-                    precision=graph_precision,
-                    inputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.inputs.items()},
-                    outputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.outputs.items()},
-                    activation_bytes_per_row=activation_bytes_per_row(runtime_path, io, spec),
-                    onnxruntime_file=runtime_path.name,
-                )
+                files = [f"{name}.onnx"] + ([f"{name}.onnxruntime.onnx"] if has_attention(network) else [])
+                io = export(traces / files[0], False)
+                if len(files) > 1:
+                    export(traces / files[1], True)
+                for precision, work in works.items():
+                    graph_precision = "fp16" if precision == "fp16" and name not in fp32_graphs else "fp32"
+                    for file in files:
+                        for part in (file, file + WEIGHTS_SUFFIX):
+                            shutil.copyfile(traces / part, work / part)
+                        _convert(work / file, name, graph_precision)
+                    share_weights(work / files[0], [work / file for file in files[1:]])
+                    graphs[precision][name] = GraphSpec(
+                        file=files[0],
+                        precision=graph_precision,
+                        inputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.inputs.items()},
+                        outputs={k: TensorSpec(dtype, shape) for k, (dtype, shape) in io.outputs.items()},
+                        activation_bytes_per_row=activation_bytes_per_row(work / files[-1], io, spec),
+                        onnxruntime_file=files[-1],
+                    )
+                for file in files:
+                    for part in (file, file + WEIGHTS_SUFFIX):
+                        (traces / part).unlink()
                 bar.update()
-        _copy_tokenizer(source_dir / "tokenizer", work / "tokenizer")
-        manifest = Manifest(
-            model=spec,
-            scheduler=dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__},
-            graphs=graphs,
-            files={str(p.relative_to(work)): file_record(p) for p in sorted(work.rglob("*")) if p.is_file()},
-            precision=precision,
-            source=str(source),
-            versions=_versions(),
-        )
-        manifest.save(work)
-    logger.info("exported %s to %s", source, output)
-    return output
+        for precision, work in works.items():
+            _copy_tokenizer(source_dir / "tokenizer", work / "tokenizer")
+            manifest = Manifest(
+                model=spec,
+                scheduler=dict(pipe.scheduler.config) | {"_class_name": type(pipe.scheduler).__name__},
+                graphs=graphs[precision],
+                files={str(p.relative_to(work)): file_record(p) for p in sorted(work.rglob("*")) if p.is_file()},
+                precision=precision,
+                source=str(source),
+                versions=_versions(),
+            )
+            manifest.save(work)
+    for output in targets.values():
+        logger.info("exported %s to %s", source, output)
+    return targets
 
 
 def _convert(path: Path, name: str, precision: str) -> None:
@@ -186,4 +211,4 @@ def _versions() -> dict[str, str]:
     return found
 
 
-__all__ = ["PRECISIONS", "SourceError", "export_model", "load_pipeline", "model_spec"]
+__all__ = ["PRECISIONS", "SourceError", "export_model", "export_models", "load_pipeline", "model_spec"]

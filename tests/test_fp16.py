@@ -134,3 +134,19 @@ def test_a_tensor_read_by_two_fp32_nodes_gets_one_cast(tmp_path: Path) -> None:
     expected = np.exp(feed * 0.5) / np.exp(feed * 0.5).sum(-1, keepdims=True)
     np.testing.assert_allclose(a, expected, rtol=1e-3)
     np.testing.assert_array_equal(a, b)
+
+
+def test_both_precisions_from_one_trace_equal_two_exports(
+    models: dict[str, ModelUnderTest], fp16_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """``export_models`` traces each network once for fp32 and fp16: every file is byte-equal (same XXH3-128)
+    to the one a separate export of that precision writes."""
+    from audioldm_trt.engine.manifest import Manifest
+    from audioldm_trt.export.exporter import export_models
+
+    tiny = models["tiny"]
+    both = export_models(str(tiny.checkpoint), {"fp32": tmp_path / "fp32", "fp16": tmp_path / "fp16"})
+    for precision, separate in (("fp32", tiny.export), ("fp16", fp16_exports["tiny"])):
+        together, alone = Manifest.load(both[precision]), Manifest.load(separate)
+        assert together.precision == precision and together.graphs == alone.graphs
+        assert {f: r.xxh3_128 for f, r in together.files.items()} == {f: r.xxh3_128 for f, r in alone.files.items()}

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+#: The CUDA provider computes fp32 in fp32: its default rounds the inputs of fp32 convolutions and matrix
+#: products to TF32 (10 bits of mantissa), which would make an fp32 export no more exact than fp16 and leave a
+#: GPU run without an fp32 reference; the fp32 nodes an fp16 graph keeps are the precision-critical ones.
+CUDA_OPTIONS = {"use_tf32": "0"}
 
 
 def available_providers() -> list[str]:
@@ -88,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime
         except ImportError:
             raise BackendUnavailableError(
-                "onnxruntime is not installed: pip install 'audioldm-trt[cpu]' (or '[gpu]' for CUDA)"
+                "onnxruntime is not installed: pip install 'audioldm-trt[cpu]' (or '[gpu-ort]' for CUDA)"
             ) from None
         missing = [p for p in providers if p not in onnxruntime.get_available_providers()]
         if missing:
@@ -116,7 +120,8 @@ class OnnxRuntimeBackend(Backend):
         if self.threads:
             options.intra_op_num_threads = self.threads
         path = directory / manifest.graphs[graph].onnxruntime_file
-        session = self._ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        providers = [(p, CUDA_OPTIONS) if p == CUDA else (p, {}) for p in self.providers]
+        session = self._ort.InferenceSession(str(path), sess_options=options, providers=providers)
         used = session.get_providers()
         if self.providers[0] not in used:
             raise BackendUnavailableError(f"ONNX Runtime could not use {self.providers[0]} for {graph} (got {used})")
