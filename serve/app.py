@@ -330,11 +330,12 @@ class Ingress:
             except ValueError as error:
                 raise Refusal(422, str(error)) from None
             raw_format = raw_audio_format(request.headers.get("accept", ""), body)
+            # Full: refused at once. Replicas that hold all they take answer the readiness look only after a
+            # timeout (their status calls wait for a slot), which would turn the 429 into a late 503.
+            self._refuse_when_full()
             if not await self._ready():
                 raise Refusal(503, "no engine replica is loaded and warmed yet; retry shortly")
-            if self.held >= self._capacity:
-                retry = max(1, math.ceil(self._seconds_per_request))
-                raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
+            self._refuse_when_full()  # again: others may have been admitted while it looked
             admission = Admission(self)
             replies = self._streaming.generate.remote(body.engine_arguments(), raw_format or body.format, body.stream)
             deadline = arrived + self._settings.request_timeout
@@ -355,6 +356,11 @@ class Ingress:
             raise
         admission.end(200)
         return response
+
+    def _refuse_when_full(self) -> None:
+        if self.held >= self._capacity:
+            retry = max(1, math.ceil(self._seconds_per_request))
+            raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
 
     def _answered(self, admission: Admission | None, status: int) -> None:
         if admission is not None:
