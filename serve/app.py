@@ -2,7 +2,8 @@
 
 - ``Ingress`` (one replica): the HTTP API, authentication, validation of the body against the server's
   limits, admission control (429 past ``replicas x (max_batch + max_queue)`` requests held), the request
-  timeout (504), readiness (503 until an engine replica is loaded and warmed), and the metrics.
+  timeout (504), readiness (503 until an engine replica is loaded and warmed), the metrics, and the
+  playground's files (``serve/playground/``).
 - ``EngineReplica`` (``--replicas`` of them, on any node of the cluster): an ``Engine`` and its step loop.
   ``generate`` validates a request with ``Engine.request`` (422 before it is queued), hands it to the loop and
   streams its events back: ``accepted`` or ``error`` first, then ``progress`` per UNet call when asked, then
