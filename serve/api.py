@@ -120,6 +120,31 @@ class GenerateResult(BaseModel):
     timings: Timings
 
 
+class ServerLimits(BaseModel):
+    max_steps: int
+    max_duration: float | None = Field(description="seconds; null: what the engines take")
+    max_waveforms: int
+
+
+class ServerInfo(BaseModel):
+    """``GET /v1/info``: what a client's form offers (the playground's)."""
+
+    schedulers: list[str] = Field(description="the scheduler names `scheduler` takes")
+    limits: ServerLimits
+    defaults: dict[str, Any] = Field(description="the defaults of the body's fields that have one")
+
+    @classmethod
+    def of(cls, limits: Limits) -> ServerInfo:
+        defaults = {name: field.default for name, field in GenerateBody.model_fields.items() if not field.is_required()}
+        return cls(
+            schedulers=sorted(SCHEDULERS),
+            limits=ServerLimits(
+                max_steps=limits.max_steps, max_duration=limits.max_duration, max_waveforms=limits.max_waveforms
+            ),
+            defaults=defaults,
+        )
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="one line naming the field and the problem")
 

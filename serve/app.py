@@ -2,7 +2,8 @@
 
 - ``Ingress`` (one replica): the HTTP API, authentication, validation of the body against the server's
   limits, admission control (429 past ``replicas x (max_batch + max_queue)`` requests held), the request
-  timeout (504), readiness (503 until an engine replica is loaded and warmed), and the metrics.
+  timeout (504), readiness (503 until an engine replica is loaded and warmed), the metrics, and the
+  playground's files (``serve/playground/``).
 - ``EngineReplica`` (``--replicas`` of them, on any node of the cluster): an ``Engine`` and its step loop.
   ``generate`` validates a request with ``Engine.request`` (422 before it is queued), hands it to the loop and
   streams its events back: ``accepted`` or ``error`` first, then ``progress`` per UNet call when asked, then
@@ -23,6 +24,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +47,7 @@ from .api import (
     ErrorBody,
     GenerateBody,
     GenerateResult,
+    ServerInfo,
     base64_files,
     encode_audio,
     validation_message,
@@ -62,6 +65,14 @@ READINESS_TTL_SECONDS = 1.0
 STATUS_TIMEOUT_SECONDS = 5.0
 #: Seconds the request-level batcher waits for more requests before it starts a batch.
 REQUEST_BATCH_WAIT_SECONDS = 0.05
+#: The playground's files (``serve/playground/``) by the path that serves them, with their media types.
+PLAYGROUND_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/playground.js": ("playground.js", "text/javascript; charset=utf-8"),
+    "/playground.css": ("playground.css", "text/css; charset=utf-8"),
+}
+#: The page loads nothing from elsewhere: its audio and spectrograms are made from the API's answers.
+PLAYGROUND_POLICY = "default-src 'self'; media-src 'self' blob:; img-src 'self' blob: data:"
 
 app = FastAPI(
     title="audioldm-trt",
@@ -110,6 +121,12 @@ def read_api_key(path: str) -> bytes:
     if not key:
         raise ValueError(f"the API key file {path} is empty")
     return key
+
+
+def read_playground() -> dict[str, bytes]:
+    """The playground's files by the path that serves them, read once."""
+    directory = resources.files("audioldm_trt.serve") / "playground"
+    return {path: (directory / name).read_bytes() for path, (name, _) in PLAYGROUND_FILES.items()}
 
 
 async def read_body(request: Request) -> bytes:
@@ -274,6 +291,7 @@ class Ingress:
         self._streaming = engine_replicas.options(stream=True)
         self._settings = settings
         self._key = read_api_key(settings.api_key_file) if settings.api_key_file else None
+        self._playground = read_playground() if settings.playground else {}
         self._capacity = settings.replicas * settings.replica_capacity
         self.held = 0
         self._ready_at = -math.inf
@@ -298,6 +316,31 @@ class Ingress:
         statuses = await self._replica_statuses(metrics=True)
         self._replica_metrics.expositions = [(s["replica"], s["metrics"]) for s in statuses]
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/playground.js", include_in_schema=False)
+    @app.get("/playground.css", include_in_schema=False)
+    async def playground(self, request: Request) -> Response:
+        """The playground: a page that drives the API from a browser, open like /docs (its API calls carry the
+        key)."""
+        path = request.url.path
+        if not self._playground:
+            return Refusal(404, "the playground is off on this server (--no-playground)").response()
+        headers = {"Content-Security-Policy": PLAYGROUND_POLICY, "Cache-Control": "no-cache"}
+        return Response(self._playground[path], media_type=PLAYGROUND_FILES[path][1], headers=headers)
+
+    @app.get(
+        "/v1/info",
+        summary="the schedulers, limits and defaults of the generate body's fields",
+        response_model=ServerInfo,
+        responses={401: ERROR_RESPONSES[401]},
+    )
+    async def info(self, request: Request) -> Response:
+        try:
+            self._authorize(request.headers.get("authorization"))
+        except Refusal as refusal:
+            return refusal.response()
+        return JSONResponse(ServerInfo.of(self._settings.limits).model_dump())
 
     @app.post(
         "/v1/generate",
@@ -330,11 +373,12 @@ class Ingress:
             except ValueError as error:
                 raise Refusal(422, str(error)) from None
             raw_format = raw_audio_format(request.headers.get("accept", ""), body)
+            # Full: refused at once. Replicas that hold all they take answer the readiness look only after a
+            # timeout (their status calls wait for a slot), which would turn the 429 into a late 503.
+            self._refuse_when_full()
             if not await self._ready():
                 raise Refusal(503, "no engine replica is loaded and warmed yet; retry shortly")
-            if self.held >= self._capacity:
-                retry = max(1, math.ceil(self._seconds_per_request))
-                raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
+            self._refuse_when_full()  # again: others may have been admitted while it looked
             admission = Admission(self)
             replies = self._streaming.generate.remote(body.engine_arguments(), raw_format or body.format, body.stream)
             deadline = arrived + self._settings.request_timeout
@@ -355,6 +399,11 @@ class Ingress:
             raise
         admission.end(200)
         return response
+
+    def _refuse_when_full(self) -> None:
+        if self.held >= self._capacity:
+            retry = max(1, math.ceil(self._seconds_per_request))
+            raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
 
     def _answered(self, admission: Admission | None, status: int) -> None:
         if admission is not None:

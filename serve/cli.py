@@ -101,6 +101,9 @@ def add_commands(
         help="which requests share a UNet call with step batching (default auto: fill on a GPU, least-work on CPU)",
     )
     serve.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
+    serve.add_argument(
+        "--no-playground", action="store_true", help="no playground page at GET / (then GET / answers 404)"
+    )
     serve.set_defaults(handler=run)
 
 
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> None:
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config={"log_level": level})
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        print(f"serving on http://{args.host}:{args.port} (API at /docs); Ctrl-C stops", flush=True)
+        pages = "playground at /, API at /docs" if settings.playground else "API at /docs"
+        print(f"serving on http://{args.host}:{args.port} ({pages}); Ctrl-C stops", flush=True)
         stop.wait()
     finally:
         if address:
@@ -189,6 +193,7 @@ def _settings(args: argparse.Namespace) -> Any:
             api_key_file=str(args.api_key_file.resolve()) if args.api_key_file else None,
             batching=args.batching,
             policy=args.policy,
+            playground=not args.no_playground,
         )
     except ValidationError as error:
         raise UsageError(validation_message(error)) from None

@@ -36,6 +36,7 @@ class ServeSettings(BaseModel):
     )
     batching: str = Field(default="step", description="step (step-level batching), request (whole requests) or none")
     policy: str = Field(default="auto", description=f"auto, {', '.join(POLICIES)}: which requests share a UNet call")
+    playground: bool = Field(default=True, description="serve the playground page at GET / (else GET / is 404)")
     #: Ray resources of one engine replica; None: 1 CPU, and 1 GPU on GPU backends.
     replica_cpus: float | None = Field(default=None, ge=0)
     replica_gpus: float | None = Field(default=None, ge=0)

@@ -173,10 +173,11 @@ def expected(tiny: ModelUnderTest) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(tiny: ModelUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The one-command local server: 4 + 2 requests at once (6 answers before a 429)."""
+    """The one-command local server: 4 + 2 requests at once (6 answers before a 429); without the playground
+    (tests/test_playground.py drives it)."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
     arguments = ["--engine", str(tiny.export), "--max-batch", "4", "--max-queue", "2", "--max-duration", "6"]
-    server = Server(log, *arguments, "--max-steps", "400", "--request-timeout", "120")
+    server = Server(log, *arguments, "--max-steps", "400", "--request-timeout", "120", "--no-playground")
     try:
         server.wait_serving()
         yield server
@@ -205,6 +206,17 @@ def test_health_readiness_and_api_page(server: Server) -> None:
         "stream",
     } <= set(body["properties"])
     assert b"swagger" in server.get("/docs").body.lower()
+
+
+def test_no_playground_is_404_and_the_info_is_open_without_a_key(server: Server) -> None:
+    for path in ("/", "/playground.js", "/playground.css"):
+        answer = server.get(path)
+        assert answer.status == 404
+        assert answer.json() == {"error": "the playground is off on this server (--no-playground)"}
+    assert f"serving on {server.url} (API at /docs); Ctrl-C stops" in server.output()
+    info = server.get("/v1/info").json()
+    assert info["limits"] == {"max_steps": 400, "max_duration": 6.0, "max_waveforms": 4}
+    assert "HeunDiscreteScheduler" in info["schedulers"]
 
 
 def test_concurrent_requests_each_get_their_own_audio(server: Server, expected: list[np.ndarray]) -> None:
@@ -378,7 +390,7 @@ def readme_curl_examples() -> list[str]:
 def test_readme_curl_examples_work_as_written(server: Server, tmp_path: Path) -> None:
     assert shutil.which("curl"), "the README's examples need curl"
     examples = readme_curl_examples()
-    assert len(examples) == 7
+    assert len(examples) == 8
     outputs = {}
     for line in examples:
         command = shlex.split(line.replace("http://127.0.0.1:8000", server.url))
@@ -392,4 +404,5 @@ def test_readme_curl_examples_work_as_written(server: Server, tmp_path: Path) ->
     assert b"x-seed: 0" in outputs["/v1/generate"].lower()
     assert b'"seed":0' in outputs["/v1/generate"] and b"event: result" in outputs["/v1/generate"]
     assert b"alive" in outputs["/healthz"] and b"ready" in outputs["/readyz"]
+    assert json.loads(outputs["/v1/info"])["limits"]["max_steps"] == 400
     assert b"audioldm_requests_total" in outputs["/metrics"]
