@@ -27,6 +27,10 @@ class ServeSettings(BaseModel):
     max_batch: PositiveInt = Field(default=8, description="requests (and waveforms per request) in one UNet call")
     max_queue: int = Field(default=32, ge=0, description="requests a replica holds beyond --max-batch; past that, 429")
     request_timeout: PositiveFloat = Field(default=300.0, description="seconds before a request is answered 504")
+    stall_timeout: PositiveFloat = Field(
+        default=300.0,
+        description="seconds an engine call may last while requests wait before the replica counts as wedged",
+    )
     max_duration: PositiveFloat | None = Field(
         default=None, description="longest audio in seconds (default: the engines')"
     )
@@ -36,7 +40,8 @@ class ServeSettings(BaseModel):
     )
     batching: str = Field(default="step", description="step (step-level batching), request (whole requests) or none")
     policy: str = Field(default="auto", description=f"auto, {', '.join(POLICIES)}: which requests share a UNet call")
-    #: Ray resources of one engine replica; None: 1 CPU, and 1 GPU on GPU backends.
+    #: Ray resources of one engine replica; None: 1 CPU, and a GPU where the backend can use one and the cluster
+    #: has one (``replica_gpus``).
     replica_cpus: float | None = Field(default=None, ge=0)
     replica_gpus: float | None = Field(default=None, ge=0)
 
@@ -56,3 +61,22 @@ class ServeSettings(BaseModel):
     def replica_capacity(self) -> int:
         """Requests one replica holds at once: in its loop (or request batch) and waiting to join."""
         return self.max_batch + self.max_queue
+
+
+#: Backends that run only on a GPU, and the one that takes a GPU where there is one.
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
+GPU_IF_PRESENT_BACKENDS = ("auto",)
+
+
+def replica_gpus(settings: ServeSettings, cluster_gpus: float) -> float:
+    """The GPUs (Ray's ``num_gpus``) of one engine replica: ``replica_gpus`` where the settings give it; else a
+    GPU each where the backend can use one and the cluster has GPUs (``auto`` included: without a GPU of its
+    own, Ray would hide the GPU and the replica would run on the CPU), shared when there are fewer GPUs than
+    replicas; else none. ValueError for a GPU-only backend on a cluster without a GPU."""
+    if settings.replica_gpus is not None:
+        return settings.replica_gpus
+    if settings.backend in GPU_BACKENDS and cluster_gpus <= 0:
+        raise ValueError(f"--backend {settings.backend} needs a GPU and the Ray cluster has none")
+    if settings.backend not in (*GPU_BACKENDS, *GPU_IF_PRESENT_BACKENDS) or cluster_gpus <= 0:
+        return 0.0
+    return min(1.0, cluster_gpus / settings.replicas)

@@ -183,3 +183,24 @@ def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(ti
         assert isinstance(second.final(), Finished)
     finally:
         loop.close()
+
+
+def test_a_poisoned_request_in_a_filled_batch_fails_alone(tiny: ModelUnderTest, expected: list[np.ndarray]) -> None:
+    """``fill`` batches every request of one height into each UNet call: the one whose rows turn NaN (guidance
+    past float32, which the API refuses but the engine's Python API takes) fails with 500 and a message that
+    names the stage; the requests in its calls finish with their own audio."""
+    loop = StepLoop(tiny.engine, Fill(max_requests=8))
+    try:
+        poisoned = {**MIXED_REQUESTS[0], "prompt": "poison", "guidance_scale": 1e38, "num_inference_steps": 5}
+        jobs = [submit(loop, tiny.engine, arguments) for arguments in (MIXED_REQUESTS[0], poisoned, MIXED_REQUESTS[3])]
+        (_, first), (_, bad), (_, last) = jobs
+        failed = bad.final()
+        assert isinstance(failed, Failed) and failed.status == 500
+        assert failed.message.startswith("generation failed: unet produced NaN or infinity"), failed
+        for recorder, audio in ((first, expected[0]), (last, expected[3])):
+            finished = recorder.final()
+            assert isinstance(finished, Finished), finished
+            assert relative_difference(finished.generation.audio, audio) < 1e-4
+        assert loop.held() == 0
+    finally:
+        loop.close()
