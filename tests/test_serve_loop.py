@@ -5,6 +5,7 @@ held."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -203,4 +204,38 @@ def test_a_poisoned_request_in_a_filled_batch_fails_alone(tiny: ModelUnderTest, 
             assert relative_difference(finished.generation.audio, audio) < 1e-4
         assert loop.held() == 0
     finally:
+        loop.close()
+
+
+class HangingEngine:
+    """The engine with a UNet step that waits for ``release``, as a call on a hung GPU never returns."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def step(self, states: Sequence[Any]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self._engine.step(states)
+
+
+def test_a_hung_engine_call_shows_in_stalled_seconds(tiny: ModelUnderTest) -> None:
+    """What the replica's health check reads: how long the call under way has lasted, 0 between calls."""
+    engine = HangingEngine(tiny.engine)
+    loop = StepLoop(engine, Fifo())  # type: ignore[arg-type]
+    try:
+        _, recorder = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
+        assert engine.entered.wait(60)
+        time.sleep(0.5)
+        assert loop.stalled_seconds() >= 0.5
+        engine.release.set()
+        assert isinstance(recorder.final(), Finished)
+        assert loop.stalled_seconds() == 0.0
+    finally:
+        engine.release.set()
         loop.close()
