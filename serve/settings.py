@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from audioldm_trt.engine.backends import BACKENDS
 
@@ -51,6 +59,14 @@ class ServeSettings(BaseModel):
         choices = {"backend": BACKENDS, "batching": BATCHING_MODES, "policy": ("auto", *POLICIES)}[str(info.field_name)]
         if value not in choices:
             raise ValueError(f"{info.field_name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_needs_step_batching(cls, value: str, info: ValidationInfo) -> str:
+        batching = info.data.get("batching", "step")
+        if value != "auto" and batching != "step":
+            raise ValueError(f"{value} applies to step batching only; batching {batching} has its own")
         return value
 
     @property

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from audioldm_trt.engine.cli import UsageError
 from audioldm_trt.serve.app import Admission, Refusal, Ticket
@@ -113,3 +114,9 @@ def test_gpu_placement(backend: str, replicas: int, cluster_gpus: float, given: 
 def test_a_gpu_backend_on_a_cluster_without_gpus_is_refused() -> None:
     with pytest.raises(ValueError, match="--backend tensorrt needs a GPU and the Ray cluster has none"):
         replica_gpus(ServeSettings(engine="e", backend="tensorrt"), 0.0)
+
+
+def test_a_policy_with_a_batching_mode_that_ignores_it_is_refused() -> None:
+    with pytest.raises(ValidationError, match="fill applies to step batching only; batching none has its own"):
+        ServeSettings(engine="e", batching="none", policy="fill")
+    assert ServeSettings(engine="e", batching="request").policy == "auto"
