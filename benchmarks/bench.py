@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -439,7 +439,7 @@ def build_record(
     else:
         model = f"{settings.preset} (random weights)"
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe_machine(),
         "versions": machine.merged_versions([c.loaded.versions for c in contenders if c.loaded is not None]),
         "settings": {

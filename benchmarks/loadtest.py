@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ class LoadClient:
             async with self._session.post(f"{self.url}/v1/generate", json=dict(arrival.body)) as response:
                 data = await response.read()
                 outcome.status, outcome.queue, outcome.error = _read_answer(response.status, data, arrival.body)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             outcome.status = TIMEOUT
         except aiohttp.ClientError as error:
             outcome.status, outcome.error = CONNECTION_ERROR, f"{type(error).__name__}: {error}"
@@ -247,7 +247,7 @@ class LoadClient:
         try:
             async with self._session.get(f"{self.url}/metrics") as response:
                 return await response.text() if response.status == 200 else None
-        except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
             return None
 
     async def readiness(self) -> str | None:
@@ -255,7 +255,7 @@ class LoadClient:
         try:
             async with self._session.get(f"{self.url}/readyz") as response:
                 return None if response.status == 200 else f"GET /readyz answered {response.status}"
-        except (asyncio.TimeoutError, TimeoutError, aiohttp.ClientError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             return f"GET /readyz failed: {type(error).__name__}: {error}".rstrip(": ")
 
     async def check_ready(self) -> None:
@@ -444,7 +444,7 @@ async def run_load(settings: LoadSettings) -> dict[str, Any]:
 def record_header(settings: Mapping[str, Any]) -> dict[str, Any]:
     """What every load-test record starts with: when, where (this client's machine), and the settings."""
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe_machine(),
         "versions": machine.versions(),
         "settings": dict(settings),

@@ -24,7 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def compare(directory: Path, runs: int, warmup: int) -> dict[str, Any]:
                 samples[contender].append(sample)
     ratios = [e["total"] / o["total"] for e, o in zip(samples["engine"], samples["onnxruntime"], strict=True)]
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "engine": str(directory),
         "graph_bytes": sum(manifest.graph_bytes(g) for g in GRAPH_NAMES),
         "runs": samples,

@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import multiprocessing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(engine, prompts, duration, args.steps, args.guidance, args.generations))
         logger.info("%g s: peak RSS %.0f MiB", duration, rows[-1]["peak_bytes"] / _MIB)
     record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe_machine(),
         "versions": machine.versions(),
         "settings": {

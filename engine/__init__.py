@@ -6,7 +6,13 @@ audio = engine.generate("a dog barking", seed=0)   # float32 (1, samples) at eng
 """
 
 from .denoising import Denoising
-from .errors import BackendUnavailableError, EngineDirectoryError, EngineError, NonFiniteOutputError
+from .errors import (
+    BackendUnavailableError,
+    EngineDirectoryError,
+    EngineError,
+    NonFiniteOutputError,
+    PartialFailureError,
+)
 from .pipeline import Engine, Generation
 from .request import GenerationRequest
 
@@ -19,4 +25,5 @@ __all__ = [
     "Generation",
     "GenerationRequest",
     "NonFiniteOutputError",
+    "PartialFailureError",
 ]

@@ -17,3 +17,14 @@ class BackendUnavailableError(EngineError, RuntimeError):
 
 class NonFiniteOutputError(EngineError, RuntimeError):
     """A stage produced NaN or infinity, typically fp16 overflow; the message names the stage."""
+
+
+class PartialFailureError(NonFiniteOutputError):
+    """A call batched for several requests gave NaN or infinity in the rows of some of them: those failed (each
+    with its own error, by position in the call's list), the others went on. ``results``: what ``start`` or
+    ``decode`` gives for each request, None for those that failed."""
+
+    def __init__(self, failed: dict[int, NonFiniteOutputError], results: list[object | None]) -> None:
+        super().__init__(next(iter(failed.values())))
+        self.failed = failed
+        self.results = results

@@ -20,7 +20,7 @@ import numpy as np
 from .backends import Backend, Graph, create_backend
 from .backends.base import Link
 from .denoising import Denoising
-from .errors import EngineError, NonFiniteOutputError
+from .errors import EngineError, NonFiniteOutputError, PartialFailureError
 from .manifest import Manifest
 from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
@@ -243,14 +243,16 @@ class Engine:
 
     def start(self, requests: Sequence[GenerationRequest]) -> list[Denoising]:
         """The loop states of ``requests``: every prompt and negative prompt among them encoded in one text
-        encoder call, the initial noise drawn from each request's seed."""
+        encoder call, the initial noise drawn from each request's seed. A request whose embeddings are not
+        finite fails alone: PartialFailureError, its ``results`` the states of the others."""
         started = time.perf_counter()
         prompts = [p for r in requests for p in r.prompts]
         negatives = [n for r in requests if r.guided and r.negative_prompts for n in r.negative_prompts]
-        positive, negative = self._encode(prompts, negatives)
+        positive, negative = self._encode(prompts, negatives, checked=False)
         encoded = time.perf_counter() - started
-        states = []
-        for request in requests:
+        states: list[Denoising | None] = []
+        failed: dict[int, NonFiniteOutputError] = {}
+        for index, request in enumerate(requests):
             if request.prompt_embeds is not None:
                 own = request.prompt_embeds
             else:
@@ -266,20 +268,27 @@ class Engine:
                 class_labels = np.concatenate(
                     [np.repeat(own_negative, request.waveforms_per_prompt, axis=0), class_labels]
                 )
+            if not np.isfinite(class_labels).all():
+                failed[index] = self._non_finite_error("text_encoder")
+                states.append(None)
+                continue
             state = Denoising(request, class_labels, started)
             state.timings["text_encoder"] = encoded
             states.append(state)
-        return states
+        _raise_failures(failed, states)
+        return [state for state in states if state is not None]
 
     def step(self, states: Sequence[Denoising]) -> None:
         """One UNet call for all of ``states`` (one latent height, none done), then each one's scheduler step.
-        Each state is charged the whole call's time."""
+        Each state is charged the whole call's time. A state whose rows of the noise prediction are not finite
+        does not step and fails alone (PartialFailureError naming it); the others have stepped."""
         _check_batch(states, "step", done=False)
         clock = time.perf_counter()
         inputs = [state.unet_inputs() for state in states]
         unet_clock = time.perf_counter()
         noise_pred = self._run(
             "unet",
+            checked=False,
             sample=np.ascontiguousarray(_joined([sample for sample, _ in inputs]), dtype=np.float32),
             timestep=_joined([timestep for _, timestep in inputs]),
             class_labels=_joined([state.class_labels for state in states]),
@@ -287,32 +296,46 @@ class Engine:
         )
         unet_seconds = time.perf_counter() - unet_clock
         offset = 0
-        for state in states:
-            rows = state.request.unet_rows
-            state.advance(noise_pred[offset : offset + rows])
-            offset += rows
+        failed: dict[int, NonFiniteOutputError] = {}
+        for index, state in enumerate(states):
+            rows = noise_pred[offset : offset + state.request.unet_rows]
+            offset += state.request.unet_rows
+            if np.isfinite(rows).all():
+                state.advance(rows)
+            else:
+                failed[index] = self._non_finite_error("unet")
         host_seconds = time.perf_counter() - clock - unet_seconds
         for state in states:
             state.timings["unet"] += unet_seconds
             state.timings["scheduler"] += host_seconds
+        _raise_failures(failed, [None] * len(states))
 
     def decode(self, states: Sequence[Denoising]) -> list[Generation]:
-        """The audio of finished ``states`` (one latent height): one VAE decoder and one vocoder call for all."""
+        """The audio of finished ``states`` (one latent height): one VAE decoder and one vocoder call for all.
+        A state whose waveforms are not finite fails alone (PartialFailureError naming the stage, its
+        ``results`` the others' generations)."""
         _check_batch(states, "decode", done=True)
         model = self.manifest.model
         latents = _joined([state.latents for state in states]) * np.float32(1 / model.vae_scaling_factor)
         waveform, seconds = self._decode(latents)
-        generations = []
+        generations: list[Generation | None] = []
+        failed: dict[int, NonFiniteOutputError] = {}
         offset = 0
-        for state in states:
+        for index, state in enumerate(states):
             request = state.request
-            rows = waveform[offset : offset + request.waveforms, : model.waveform_length(request.audio_length_in_s)]
+            own = slice(offset, offset + request.waveforms)
+            rows = waveform[own, : model.waveform_length(request.audio_length_in_s)]
             offset += request.waveforms
+            if not np.isfinite(waveform[own]).all():
+                failed[index] = self._non_finite_error(self._non_finite_stage(latents[own]))
+                generations.append(None)
+                continue
             timings = state.timings | seconds
             timings["total"] = time.perf_counter() - state.started
             audio = np.ascontiguousarray(rows, dtype=np.float32)
             generations.append(Generation(audio=audio, seed=request.seed, timings=timings, unet_calls=state.calls_done))
-        return generations
+        _raise_failures(failed, generations)
+        return [generation for generation in generations if generation is not None]
 
     def close(self) -> None:
         """Free the sessions and the GPU memory now (hosts that must free the GPU; else the garbage collector
@@ -328,8 +351,9 @@ class Engine:
     ) -> None:
         self.close()
 
-    def _encode(self, prompts: list[str], negatives: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Embeddings of prompts and negative prompts in one text encoder call (each side may be empty)."""
+    def _encode(self, prompts: list[str], negatives: list[str], checked: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of prompts and negative prompts in one text encoder call (each side may be empty);
+        ``checked``: NaN/inf refused (else the caller checks each request's rows)."""
         if not prompts and not negatives:
             empty = np.zeros((0, self.manifest.model.embedding_dim), np.float32)
             return empty, empty
@@ -343,38 +367,48 @@ class Engine:
             [np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=self._tokenizer.pad_id) for i, _ in sides]
         )
         mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in sides])
-        embeddings = self._run("text_encoder", input_ids=ids, attention_mask=mask)
+        embeddings = self._run("text_encoder", checked=checked, input_ids=ids, attention_mask=mask)
         return embeddings[: len(prompts)], embeddings[len(prompts) :]
 
-    def _run(self, graph: str, reuse: tuple[str, ...] = (), **feeds: np.ndarray) -> np.ndarray:
-        """Run a single-output graph and refuse NaN/inf, naming the stage (fp16 overflow shows up here).
-        ``reuse`` names inputs a backend may keep on its device while they are unchanged."""
+    def _run(self, graph: str, reuse: tuple[str, ...] = (), checked: bool = True, **feeds: np.ndarray) -> np.ndarray:
+        """Run a single-output graph; ``checked``: refuse NaN/inf, naming the stage (fp16 overflow shows up
+        here). ``reuse`` names inputs a backend may keep on its device while they are unchanged."""
         (output,) = self._graph(graph).run(feeds, reuse).values()
-        if not np.isfinite(output).all():
-            self._non_finite(graph)
+        if checked and not np.isfinite(output).all():
+            raise self._non_finite_error(graph)
         return output
 
     def _decode(self, latents: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Waveforms of scaled latents through the VAE decoder and the vocoder in one chained call (on a GPU the
-        mel stays there), and the seconds of each. A NaN/inf waveform runs the VAE decoder alone to name the
-        stage it came from."""
+        mel stays there), and the seconds of each; the caller checks each request's rows."""
         decoder = self.backend.chain(self._graph("vae_decoder"), self._graph("vocoder"), MEL)
         outputs, seconds = decoder.run_timed({"latents": latents})
         (waveform,) = outputs.values()
-        if not np.isfinite(waveform).all():
-            self._run("vae_decoder", latents=latents)
-            self._non_finite("vocoder")
         return waveform, seconds
+
+    def _non_finite_stage(self, latents: np.ndarray) -> str:
+        """The stage of a non-finite waveform: the VAE decoder, run again alone on its latents, or the vocoder."""
+        mel = self._run("vae_decoder", checked=False, latents=latents)
+        return "vocoder" if np.isfinite(mel).all() else "vae_decoder"
 
     def _graph(self, name: str) -> Graph:
         if not self._graphs:
             raise EngineError("this Engine was closed: load it again")
         return self._graphs[name]
 
-    def _non_finite(self, graph: str) -> None:
+    def _non_finite_error(self, graph: str) -> NonFiniteOutputError:
         precision = self.manifest.graphs[graph].precision
         hint = f"; the graph is {precision}: export again with --fp32 {graph}" if precision != "fp32" else ""
-        raise NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
+        return NonFiniteOutputError(f"{graph} produced NaN or infinity{hint}")
+
+
+def _raise_failures(failed: dict[int, NonFiniteOutputError], results: Sequence[object | None]) -> None:
+    """A request alone raises its own error; in a batch, PartialFailureError names the ones that failed."""
+    if not failed:
+        return
+    if len(results) == 1:
+        raise failed[0]
+    raise PartialFailureError(failed, list(results))
 
 
 def _check_batch(states: Sequence[Denoising], call: str, done: bool) -> None:

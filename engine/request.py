@@ -130,8 +130,8 @@ class GenerationRequest:
         waveforms = positive_int(num_waveforms_per_prompt, "num_waveforms_per_prompt")
         guidance = finite(guidance_scale, "guidance_scale")
         eta = finite(eta, "eta")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1] (DDIM's formula takes no more), got {eta}")
         length = (
             model.default_audio_length_in_s
             if audio_length_in_s is None

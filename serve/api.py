@@ -48,10 +48,16 @@ class Limits:
     max_waveforms: int = 4
 
 
-class GenerateBody(BaseModel):
-    """``POST /v1/generate``: the arguments of ``audioldm-trt generate``, for one prompt."""
+#: The largest guidance scale the server takes, either sign: AudioLDM is run at 1 to 10; far beyond, the
+#: latents leave float32's range and the request could only fail.
+MAX_GUIDANCE = 100.0
 
-    model_config = ConfigDict(extra="forbid")
+
+class GenerateBody(BaseModel):
+    """``POST /v1/generate``: the arguments of ``audioldm-trt generate``, for one prompt. Strictly typed: a
+    number is not taken as a string, a boolean not as an integer, an integer only where a number is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARACTERS, description="what the audio should be")
     negative_prompt: str | None = Field(
@@ -59,9 +65,14 @@ class GenerateBody(BaseModel):
     )
     duration: float | None = Field(default=None, gt=0, description="seconds of audio (default: the model's)")
     steps: int = Field(default=10, ge=1, description="denoising steps")
-    guidance: float = Field(default=2.5, description="classifier-free guidance scale; <= 1 disables it")
+    guidance: float = Field(
+        default=2.5,
+        ge=-MAX_GUIDANCE,
+        le=MAX_GUIDANCE,
+        description=f"classifier-free guidance scale, within ±{MAX_GUIDANCE:g}; <= 1 disables it",
+    )
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64, description="seed (default: drawn and returned)")
-    eta: float = Field(default=0.0, ge=0, description="DDIM's eta")
+    eta: float = Field(default=0.0, ge=0, le=1, description="DDIM's eta, in [0, 1]")
     scheduler: str | None = Field(
         default=None, description="diffusers scheduler class name (default: the checkpoint's)"
     )
@@ -74,6 +85,13 @@ class GenerateBody(BaseModel):
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be finite")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or only whitespace")
         return value
 
     @field_validator("scheduler")

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -55,7 +56,7 @@ from .api import (
 from .loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop, first_line
 from .metrics import IngressMetrics, ReplicaCollector, ReplicaMetrics
 from .policy import default_policy, make_policy
-from .settings import ServeSettings
+from .settings import ServeSettings, replica_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ logger = logging.getLogger(__name__)
 READINESS_TTL_SECONDS = 1.0
 #: How long a look at the replicas (readiness, metrics) may take before a replica counts as not answering.
 STATUS_TIMEOUT_SECONDS = 5.0
+#: What a stopping server's 503s tell clients to wait before they retry (elsewhere, or on its successor).
+DRAINING_RETRY_SECONDS = 5
+#: Seconds beyond the request timeout that Ray waits for a stopping replica's requests (redeploys, scale-down).
+SHUTDOWN_MARGIN_SECONDS = 10.0
 #: Seconds the request-level batcher waits for more requests before it starts a batch.
 REQUEST_BATCH_WAIT_SECONDS = 0.05
 #: The playground's files (``serve/playground/``) by the path that serves them, with their media types.
@@ -130,15 +135,15 @@ def read_playground() -> dict[str, bytes]:
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, refused (422) past MAX_BODY_BYTES without reading further."""
+    """The body, refused (413) past MAX_BODY_BYTES without reading further."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refusal(422, f"body: {declared} bytes is larger than the limit of {MAX_BODY_BYTES} bytes")
+        raise Refusal(413, f"body: {declared} bytes is larger than the limit of {MAX_BODY_BYTES} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise Refusal(422, f"body: larger than the limit of {MAX_BODY_BYTES} bytes")
+            raise Refusal(413, f"body: larger than the limit of {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -215,6 +220,17 @@ class Call:
             event = await self._next()
             yield event
 
+    def cancel(self) -> None:
+        """Stop the request on its replica (it leaves the loop at the next UNet call); nothing once it ended."""
+        if not self._finished:
+            self._finished = True
+            self.response.cancel()  # type: ignore[no-untyped-call]
+
+    def abandon(self, admission: "Admission") -> None:
+        """A stream nobody reads: the request stops and its admission ends (499)."""
+        self.cancel()
+        admission.end(499)
+
     async def _next(self) -> dict[str, Any]:
         try:
             event: dict[str, Any] = await asyncio.wait_for(
@@ -242,13 +258,33 @@ class Call:
 
 class Admission:
     """An admitted request: counted in flight until its answer, then counted by status; ``end`` counts once
-    however often it is called."""
+    however often it is called. As a context manager it ends on every path: 200, a Refusal's status, 499 when
+    the handler is cancelled (the client left), 500 for anything else; unless ``hand_off`` gave the ending to a
+    stream."""
 
     def __init__(self, ingress: "Ingress") -> None:
         self._ingress = ingress
         self._ended = False
+        self._handed_off = False
         ingress.held += 1
         ingress.metrics.in_flight.inc()
+
+    def __enter__(self) -> "Admission":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        if kind is None and self._handed_off:
+            return
+        if kind is None:
+            self.end(200)
+        elif isinstance(error, Refusal):
+            self.end(error.status)
+        else:
+            self.end(499 if issubclass(kind, asyncio.CancelledError) else 500)
+
+    def hand_off(self) -> None:
+        """The stream that answers the request ends it."""
+        self._handed_off = True
 
     def end(self, status: int) -> None:
         if self._ended:
@@ -276,9 +312,16 @@ class Ticket:
         self._loop.call_soon_threadsafe(self._deliver, event)
 
     def _deliver(self, event: Event) -> None:
+        if self.finished.is_set():  # one final event, whoever sends a second
+            return
         self.events.put_nowait(event)
         if not isinstance(event, Progress):
             self.finished.set()
+
+    def batch_ended(self, batch: "asyncio.Future[Any]") -> None:
+        """Request-level batching: a batch that failed answers its requests now, not at their timeout."""
+        if not batch.cancelled() and (error := batch.exception()) is not None:
+            self._deliver(Failed(500, f"the request batch failed: {first_line(error)}"))
 
 
 @serve.deployment(name="Ingress")
@@ -294,6 +337,7 @@ class Ingress:
         self._playground = read_playground() if settings.playground else {}
         self._capacity = settings.replicas * settings.replica_capacity
         self.held = 0
+        self._draining = False
         self._ready_at = -math.inf
         self._seconds_per_request = 1.0
         self.metrics = IngressMetrics()
@@ -306,6 +350,8 @@ class Ingress:
 
     @app.get("/readyz", summary="an engine replica is loaded and warmed", responses={503: ERROR_RESPONSES[503]})
     async def readyz(self) -> Response:
+        if self._draining:
+            return Refusal(503, "the server is stopping", {"Retry-After": str(DRAINING_RETRY_SECONDS)}).response()
         statuses = await self._replica_statuses()
         if not statuses:
             return Refusal(503, "no engine replica is loaded and warmed yet").response()
@@ -373,43 +419,51 @@ class Ingress:
             except ValueError as error:
                 raise Refusal(422, str(error)) from None
             raw_format = raw_audio_format(request.headers.get("accept", ""), body)
+            if self._draining:
+                raise Refusal(503, "the server is stopping; retry", {"Retry-After": str(DRAINING_RETRY_SECONDS)})
             # Full: refused at once. Replicas that hold all they take answer the readiness look only after a
             # timeout (their status calls wait for a slot), which would turn the 429 into a late 503.
             self._refuse_when_full()
             if not await self._ready():
                 raise Refusal(503, "no engine replica is loaded and warmed yet; retry shortly")
             self._refuse_when_full()  # again: others may have been admitted while it looked
-            admission = Admission(self)
-            replies = self._streaming.generate.remote(body.engine_arguments(), raw_format or body.format, body.stream)
-            deadline = arrived + self._settings.request_timeout
-            call = Call(cast(DeploymentResponseGenerator[dict[str, Any]], replies), deadline)
-            await call.accepted()
-            if body.stream:
-                events = self._stream(call, arrived, admission)
-                # A stream that never starts (the client left at once) still ends its admission.
-                weakref.finalize(events, admission.end, 499)
-                return StreamingResponse(events, media_type="text/event-stream")
-            result = await call.result()
-            response = self._answer(result, arrived, raw_format)
+            with Admission(self) as admission:
+                replies = self._streaming.generate.remote(
+                    body.engine_arguments(), raw_format or body.format, body.stream
+                )
+                deadline = arrived + self._settings.request_timeout
+                call = Call(cast(DeploymentResponseGenerator[dict[str, Any]], replies), deadline)
+                await call.accepted()
+                if body.stream:
+                    events = self._stream(call, arrived, admission)
+                    admission.hand_off()
+                    # A stream that never starts (the client left at once) still ends: its request stops
+                    # computing and its admission is counted.
+                    weakref.finalize(events, call.abandon, admission)
+                    return StreamingResponse(events, media_type="text/event-stream")
+                return self._answer(await call.result(), arrived, raw_format)
         except Refusal as refusal:
-            self._answered(admission, refusal.status)
+            if admission is None:  # refused before admission; an admission counts itself
+                self.metrics.requests.labels(str(refusal.status)).inc()
             return refusal.response()
         except asyncio.CancelledError:
-            self._answered(admission, 499)
+            if admission is None:
+                self.metrics.requests.labels("499").inc()
             raise
-        admission.end(200)
-        return response
 
     def _refuse_when_full(self) -> None:
         if self.held >= self._capacity:
             retry = max(1, math.ceil(self._seconds_per_request))
             raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
 
-    def _answered(self, admission: Admission | None, status: int) -> None:
-        if admission is not None:
-            admission.end(status)
-        else:  # refused before admission
-            self.metrics.requests.labels(str(status)).inc()
+    def drain(self) -> int:
+        """Stop admitting: new requests get 503 with Retry-After and /readyz turns 503, while the requests held
+        go on to their answers. How many are held."""
+        self._draining = True
+        return self.held
+
+    def held_requests(self) -> int:
+        return self.held
 
     def _authorize(self, header: str | None) -> None:
         """Constant-time comparison of the bearer key; the key and the header are never logged."""
@@ -461,6 +515,8 @@ class Ingress:
             status = refusal.status
             yield sse("error", {"error": refusal.message, "status": refusal.status})
         finally:
+            if status == 499:  # the client left, or the stream was closed before its end
+                call.cancel()
             admission.end(status)
 
     def _observe(self, result: dict[str, Any], total: float) -> None:
@@ -512,9 +568,13 @@ class EngineReplica:
         return {"replica": self._id, "policy": self._loop.policy, "held": held, "metrics": exposition}
 
     def check_health(self) -> None:
-        """Ray restarts a replica whose loop thread died."""
+        """Ray restarts a replica whose loop thread died or whose engine call has hung past ``stall_timeout``
+        (the requests it held are answered 503 by the ingress when the replica goes)."""
         if not self._loop.alive():
             raise RuntimeError("the step loop thread stopped")
+        stalled = self._loop.stalled_seconds()
+        if stalled > self._settings.stall_timeout:
+            raise RuntimeError(f"an engine call has not returned for {stalled:.0f} s: the engine is wedged")
 
     async def generate(
         self, arguments: dict[str, Any], audio_format: str, progress: bool
@@ -528,6 +588,7 @@ class EngineReplica:
         ticket = Ticket(request)
         if self._settings.batching == "request":
             ticket.batch = asyncio.ensure_future(self._batch_whole_requests(ticket))
+            ticket.batch.add_done_callback(ticket.batch_ended)
         else:
             try:
                 self._loop.submit([ticket.job])
@@ -566,7 +627,12 @@ class EngineReplica:
     async def _batch_whole_requests(self, tickets: list[Ticket]) -> list[None]:
         """Request-level batching: requests that arrive together run together to their ends (``fill`` policy),
         and the next batch starts when this one is done."""
-        self._loop.submit([ticket.job for ticket in tickets])
+        try:
+            self._loop.submit([ticket.job for ticket in tickets])
+        except RuntimeError:  # closed: Ray is stopping this replica
+            for ticket in tickets:
+                ticket.job.notify(Failed(503, "the engine replica is shutting down; retry"))
+            return [None] * len(tickets)
         await asyncio.gather(*(ticket.finished.wait() for ticket in tickets))
         return [None] * len(tickets)
 
@@ -602,10 +668,9 @@ def build_app(args: ServeSettings) -> Any:
     """The application for ``serve.run`` and for a Ray Serve config file (``import_path:
     audioldm_trt.serve.app:build_app``, ``args:`` the fields of ``ServeSettings``)."""
     settings = ServeSettings.model_validate(args)
-    gpu_backend = settings.backend in ("tensorrt", "onnxruntime-cuda")
     actor = {
         "num_cpus": 1.0 if settings.replica_cpus is None else settings.replica_cpus,
-        "num_gpus": (1.0 if gpu_backend else 0.0) if settings.replica_gpus is None else settings.replica_gpus,
+        "num_gpus": replica_gpus(settings, ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0),
     }
     replicas = (
         cast(Any, EngineReplica)
@@ -614,6 +679,8 @@ def build_app(args: ServeSettings) -> Any:
             max_ongoing_requests=settings.replica_capacity,
             ray_actor_options=actor,
             health_check_period_s=10,
+            graceful_shutdown_timeout_s=settings.request_timeout + SHUTDOWN_MARGIN_SECONDS,
+            graceful_shutdown_wait_loop_s=0.5,
         )
         .bind(settings)
     )
@@ -621,6 +688,11 @@ def build_app(args: ServeSettings) -> Any:
     # The ingress answers refusals itself: it takes every request up to far past the capacity it admits.
     return (
         cast(Any, Ingress)
-        .options(max_ongoing_requests=4 * total + 64, ray_actor_options={"num_cpus": 0})
+        .options(
+            max_ongoing_requests=4 * total + 64,
+            ray_actor_options={"num_cpus": 0},
+            graceful_shutdown_timeout_s=settings.request_timeout + SHUTDOWN_MARGIN_SECONDS,
+            graceful_shutdown_wait_loop_s=0.5,
+        )
         .bind(replicas, settings)
     )

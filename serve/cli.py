@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,14 @@ def add_commands(
         metavar="S",
         type=positive_float,
         default=300.0,
-        help="seconds before a request gets 504 (default 300)",
+        help="seconds before a request gets 504, and that a stopping server waits for the requests it holds (300)",
+    )
+    serve.add_argument(
+        "--stall-timeout",
+        metavar="S",
+        type=positive_float,
+        default=300.0,
+        help="seconds an engine call may last before its replica counts as wedged and is restarted (default 300)",
     )
     serve.add_argument(
         "--max-duration", metavar="S", type=positive_float, help="longest audio in seconds (default: the engines')"
@@ -108,7 +116,20 @@ def add_commands(
 
 
 def run(args: argparse.Namespace) -> None:
-    """Deploy, print where it listens, serve until SIGINT or SIGTERM, then take the application down."""
+    """Deploy, print where it listens, serve until SIGINT or SIGTERM, drain, then take the application down.
+
+    Signals are handled from the start: while the replicas load, SIGINT or SIGTERM gives up the start at once;
+    once serving, the first one drains (no new admissions, the requests held answered, up to the request
+    timeout) and a second one stops at once."""
+    serving, stop = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not serving.is_set() or stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
     settings = _settings(args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = import_extra("ray", "serve")
@@ -119,29 +140,47 @@ def run(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     for name in ("ray", "ray.serve"):  # Ray Serve's driver logger has a level of its own
         logging.getLogger(name).setLevel(level)
-    if address:
-        ray.init(address=address, logging_level=level)
-    else:
+    if not address:
         _check_port_free(args.host, args.port)
-        _start_local_ray(ray, max(os.cpu_count() or 1, settings.replicas), level)
-    stop = threading.Event()
     try:
-        settings = _with_gpu_share(settings, ray.cluster_resources().get("GPU", 0.0))
+        if address:
+            ray.init(address=address, logging_level=level)
+        else:
+            _start_local_ray(ray, max(os.cpu_count() or 1, settings.replicas), level)
+        try:
+            application = build_app(settings)  # a GPU backend on a cluster without a GPU fails here
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         serve.start(http_options={"host": args.host, "port": args.port}, logging_config={"log_level": level})
         print(f"loading {args.engine} on {settings.replicas} replica(s) ...", flush=True)
-        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", logging_config={"log_level": level})
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+        ingress = serve.run(application, name=APP_NAME, route_prefix="/", logging_config={"log_level": level})
+        serving.set()
         pages = "playground at /, API at /docs" if settings.playground else "API at /docs"
         print(f"serving on http://{args.host}:{args.port} ({pages}); Ctrl-C stops", flush=True)
         stop.wait()
+        _drain(ingress, settings.request_timeout)
+    except KeyboardInterrupt:
+        print("stopping now", flush=True)
     finally:
-        if address:
-            serve.delete(APP_NAME)
-        else:
-            serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            if address:
+                serve.delete(APP_NAME)
+            else:
+                serve.shutdown()
+            ray.shutdown()
     print("stopped", flush=True)
+
+
+def _drain(ingress: Any, timeout: float) -> None:
+    """Stop admitting and wait, up to ``timeout`` seconds, for the requests held to be answered."""
+    deadline = time.monotonic() + timeout
+    held = ingress.drain.remote().result()
+    print(f"stopping: no new requests; {held} held request(s) to finish", flush=True)
+    while held and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = ingress.held_requests.remote().result()
+    if held:
+        print(f"{held} request(s) still held after {timeout:g} s: stopping them", flush=True)
 
 
 def _start_local_ray(ray: Any, cpus: int, level: int) -> None:
@@ -188,6 +227,7 @@ def _settings(args: argparse.Namespace) -> Any:
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             request_timeout=args.request_timeout,
+            stall_timeout=args.stall_timeout,
             max_duration=args.max_duration,
             max_steps=args.max_steps,
             api_key_file=str(args.api_key_file.resolve()) if args.api_key_file else None,
@@ -199,17 +239,10 @@ def _settings(args: argparse.Namespace) -> Any:
         raise UsageError(validation_message(error)) from None
 
 
-def _with_gpu_share(settings: Any, gpus: float) -> Any:
-    """On GPU backends, replicas share the cluster's GPUs when there are fewer GPUs than replicas."""
-    if settings.backend not in ("tensorrt", "onnxruntime-cuda") or settings.replica_gpus is not None:
-        return settings
-    if gpus == 0:
-        raise UsageError(f"--backend {settings.backend} needs a GPU and the Ray cluster has none")
-    return settings.model_copy(update={"replica_gpus": min(1.0, gpus / settings.replicas)})
-
-
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn listens: the connections of a server stopped a moment ago (TIME_WAIT) do not block it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:

@@ -16,8 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from audioldm_trt.engine import Denoising, Engine, Generation, GenerationRequest
+from audioldm_trt.engine import Denoising, Engine, Generation, GenerationRequest, PartialFailureError
 
 from .policy import Candidate, Policy
 
@@ -112,6 +113,8 @@ class StepLoop:
         self._inbox: list[Job] = []
         self._running: dict[int, Job] = {}
         self._closed = False
+        #: ``time.monotonic()`` when the engine call under way began; None between calls.
+        self._call_started: float | None = None
         self._thread = threading.Thread(target=self._run, name="audioldm-step-loop", daemon=True)
         self._thread.start()
 
@@ -126,6 +129,12 @@ class StepLoop:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stalled_seconds(self) -> float:
+        """How long the engine call under way has lasted (0 between calls): a call that never returns (a hung
+        GPU) shows here while the replica still answers."""
+        started = self._call_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def submit(self, jobs: Sequence[Job]) -> None:
         """Add requests; they join at the next iteration."""
@@ -177,11 +186,11 @@ class StepLoop:
         if not chosen:
             return
         clock = time.perf_counter()
-        if not self._guarded(chosen, lambda: self._engine.step([job.started for job in chosen])):
-            return
-        if self._on_call is not None:
+        stepped = self._guarded(chosen, lambda: self._engine.step([job.started for job in chosen]))
+        if self._on_call is not None and stepped:
             rows = sum(job.request.unet_rows for job in chosen)
             self._on_call(CallRecord(len(chosen), rows, time.perf_counter() - clock))
+        chosen = [chosen[index] for index in stepped]
         for job in chosen:
             job.first_call = job.first_call or clock
             job.notify(Progress(job.started.calls_done, job.request.unet_calls))
@@ -197,11 +206,9 @@ class StepLoop:
     def _start(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        states: list[Denoising] = []
-        if self._guarded(jobs, lambda: states.extend(self._engine.start([job.request for job in jobs]))):
-            for job, state in zip(jobs, states, strict=True):
-                job.state = state
-                self._running[job.id] = job
+        for index, state in self._guarded(jobs, lambda: self._engine.start([job.request for job in jobs])).items():
+            jobs[index].state = state
+            self._running[jobs[index].id] = jobs[index]
 
     def _decode_groups(self, jobs: list[Job]) -> list[list[Job]]:
         """The finished jobs in as few decoder calls as the waveform limit allows."""
@@ -217,28 +224,38 @@ class StepLoop:
         return groups
 
     def _decode(self, jobs: list[Job]) -> None:
-        generations: list[Generation] = []
-        done = self._guarded(jobs, lambda: generations.extend(self._engine.decode([job.started for job in jobs])))
+        generations = self._guarded(jobs, lambda: self._engine.decode([job.started for job in jobs]))
         for job in jobs:
             self._running.pop(job.id, None)
-        if done:
-            now = time.perf_counter()
-            for job, generation in zip(jobs, generations, strict=True):
-                assert job.first_call is not None
-                job.notify(Finished(generation, job.first_call - job.admitted, now - job.first_call))
+        now = time.perf_counter()
+        for index, generation in generations.items():
+            job = jobs[index]
+            assert job.first_call is not None
+            job.notify(Finished(generation, job.first_call - job.admitted, now - job.first_call))
 
-    def _guarded(self, jobs: Sequence[Job], call: Callable[[], object]) -> bool:
-        """Run an engine call for ``jobs``; on failure they all fail with the error's first line (500) and
-        leave the loop, and the loop goes on with the others."""
+    def _guarded(self, jobs: Sequence[Job], call: Callable[[], Sequence[Any] | None]) -> dict[int, Any]:
+        """Run an engine call for ``jobs``; what it gave for each job that did not fail, by the job's position.
+        A job whose own rows failed (PartialFailureError) fails alone; any other failure fails them all. A
+        failed job gets its error's first line (500) and leaves the loop; the loop goes on with the others."""
+        self._call_started = time.monotonic()
         try:
-            call()
-            return True
+            results = call()
+        except PartialFailureError as error:
+            for index, own in error.failed.items():
+                self._fail(jobs[index], own)
+            return {index: result for index, result in enumerate(error.results) if index not in error.failed}
         except Exception as error:
             logger.exception("engine call failed for %d request(s)", len(jobs))
             for job in jobs:
-                self._running.pop(job.id, None)
-                job.notify(Failed(500, f"generation failed: {first_line(error)}"))
-            return False
+                self._fail(job, error)
+            return {}
+        finally:
+            self._call_started = None
+        return dict(enumerate(results)) if results is not None else dict.fromkeys(range(len(jobs)))
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        self._running.pop(job.id, None)
+        job.notify(Failed(500, f"generation failed: {first_line(error)}"))
 
 
 def first_line(error: BaseException) -> str:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from audioldm_trt.engine.backends import BACKENDS
 
@@ -27,6 +35,10 @@ class ServeSettings(BaseModel):
     max_batch: PositiveInt = Field(default=8, description="requests (and waveforms per request) in one UNet call")
     max_queue: int = Field(default=32, ge=0, description="requests a replica holds beyond --max-batch; past that, 429")
     request_timeout: PositiveFloat = Field(default=300.0, description="seconds before a request is answered 504")
+    stall_timeout: PositiveFloat = Field(
+        default=300.0,
+        description="seconds an engine call may last while requests wait before the replica counts as wedged",
+    )
     max_duration: PositiveFloat | None = Field(
         default=None, description="longest audio in seconds (default: the engines')"
     )
@@ -37,7 +49,8 @@ class ServeSettings(BaseModel):
     batching: str = Field(default="step", description="step (step-level batching), request (whole requests) or none")
     policy: str = Field(default="auto", description=f"auto, {', '.join(POLICIES)}: which requests share a UNet call")
     playground: bool = Field(default=True, description="serve the playground page at GET / (else GET / is 404)")
-    #: Ray resources of one engine replica; None: 1 CPU, and 1 GPU on GPU backends.
+    #: Ray resources of one engine replica; None: 1 CPU, and a GPU where the backend can use one and the cluster
+    #: has one (``replica_gpus``).
     replica_cpus: float | None = Field(default=None, ge=0)
     replica_gpus: float | None = Field(default=None, ge=0)
 
@@ -49,6 +62,14 @@ class ServeSettings(BaseModel):
             raise ValueError(f"{info.field_name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    @field_validator("policy")
+    @classmethod
+    def _policy_needs_step_batching(cls, value: str, info: ValidationInfo) -> str:
+        batching = info.data.get("batching", "step")
+        if value != "auto" and batching != "step":
+            raise ValueError(f"{value} applies to step batching only; batching {batching} has its own")
+        return value
+
     @property
     def limits(self) -> Limits:
         return Limits(max_steps=self.max_steps, max_duration=self.max_duration, max_waveforms=self.max_batch)
@@ -57,3 +78,22 @@ class ServeSettings(BaseModel):
     def replica_capacity(self) -> int:
         """Requests one replica holds at once: in its loop (or request batch) and waiting to join."""
         return self.max_batch + self.max_queue
+
+
+#: Backends that run only on a GPU, and the one that takes a GPU where there is one.
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
+GPU_IF_PRESENT_BACKENDS = ("auto",)
+
+
+def replica_gpus(settings: ServeSettings, cluster_gpus: float) -> float:
+    """The GPUs (Ray's ``num_gpus``) of one engine replica: ``replica_gpus`` where the settings give it; else a
+    GPU each where the backend can use one and the cluster has GPUs (``auto`` included: without a GPU of its
+    own, Ray would hide the GPU and the replica would run on the CPU), shared when there are fewer GPUs than
+    replicas; else none. ValueError for a GPU-only backend on a cluster without a GPU."""
+    if settings.replica_gpus is not None:
+        return settings.replica_gpus
+    if settings.backend in GPU_BACKENDS and cluster_gpus <= 0:
+        raise ValueError(f"--backend {settings.backend} needs a GPU and the Ray cluster has none")
+    if settings.backend not in (*GPU_BACKENDS, *GPU_IF_PRESENT_BACKENDS) or cluster_gpus <= 0:
+        return 0.0
+    return min(1.0, cluster_gpus / settings.replicas)

@@ -181,6 +181,7 @@ class _CountingGraph(Graph):
         ({"audio_length_in_s": -2}, "audio_length_in_s"),
         ({"audio_length_in_s": float("inf")}, "audio_length_in_s"),
         ({"eta": -0.5}, "eta"),
+        ({"eta": 1.5}, "eta"),
         ({"seed": -(2**63) - 1}, "seed"),
         ({"prompt": None}, "exactly one of prompt and prompt_embeds"),
         ({"prompt_embeds": np.zeros((1, 8), np.float32)}, "exactly one"),

@@ -105,3 +105,31 @@ def test_request_checks_a_per_request_scheduler(tiny: ModelUnderTest) -> None:
         engine.request("a", scheduler_config={"no_such_key": 1})
     request = engine.request("a", scheduler="HeunDiscreteScheduler", num_inference_steps=5)
     assert request.unet_calls == 9 and request.unet_rows == 2 and request.waveforms == 1
+
+
+def test_a_request_that_overflows_fails_alone(tiny: ModelUnderTest) -> None:
+    """A request whose guidance drives the latents past float32 (the UNet gives NaN or infinity for its rows)
+    fails alone, naming the stage; the requests batched with it step on and give their audio alone's."""
+    from audioldm_trt.engine import NonFiniteOutputError, PartialFailureError
+
+    engine = tiny.engine
+    good = [{"prompt": "a dog barking", "seed": 1, "num_inference_steps": 4}, {"prompt": "rain", "seed": 2}]
+    bad = {"prompt": "wind", "seed": 3, "guidance_scale": 1e38, "num_inference_steps": 4}
+    requests = [engine.request(**{"audio_length_in_s": 1.0, **a}) for a in (good[0], bad, good[1])]
+    states = engine.start(requests)
+    failures = []
+    while not all(s.done for s in states):
+        flying = [s for s in states if not s.done]
+        try:
+            engine.step(flying)
+        except PartialFailureError as error:
+            failures += [(flying[i].request.prompts, own) for i, own in error.failed.items()]
+            states = [s for i, s in enumerate(flying) if i not in error.failed] + [s for s in states if s.done]
+    assert [prompts for prompts, _ in failures] == [("wind",)]
+    assert isinstance(failures[0][1], NonFiniteOutputError) and "unet produced NaN or infinity" in str(failures[0][1])
+    states.sort(key=lambda s: s.request.seed)
+    for arguments, generation in zip(good, engine.decode(states), strict=True):
+        alone = engine.generate(**{"audio_length_in_s": 1.0, **arguments})
+        assert relative_difference(generation.audio, alone) < BATCH_TOLERANCE
+    with pytest.raises(NonFiniteOutputError, match="unet produced NaN or infinity"):
+        engine.generate(**{"audio_length_in_s": 1.0, **bad})

@@ -50,8 +50,8 @@ class Answer:
 class Server:
     """``audioldm-trt serve`` in a subprocess, its output in a log file."""
 
-    def __init__(self, log: Path, *arguments: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, log: Path, *arguments: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with open(log, "w") as output:
@@ -291,7 +291,13 @@ def test_stream_sends_progress_then_the_result(server: Server, expected: list[np
             "negative_prompt: 23 tokens is more than the model reads (16)",
         ),
         (b'{"prompt": ', "body: Invalid JSON"),
-        (b'{"prompt": "' + b"a" * 20000 + b'"}', "body: 20014 bytes is larger than the limit of 16384 bytes"),
+        ({"prompt": "a", "eta": 1.5}, "eta: Input should be less than or equal to 1"),
+        ({"prompt": "a", "guidance": 1e300}, "guidance: Input should be less than or equal to 100"),
+        ({"prompt": "a", "steps": "5"}, "steps: Input should be a valid integer"),
+        ({"prompt": "a", "seed": "5"}, "seed: Input should be a valid integer"),
+        ({"prompt": "a", "stream": "true"}, "stream: Input should be a valid boolean"),
+        ({"prompt": "a", "waveforms": True}, "waveforms: Input should be a valid integer"),
+        ({"prompt": " \t "}, "prompt: must not be empty or only whitespace"),
     ],
     ids=lambda v: str(v)[:30],
 )
@@ -300,6 +306,12 @@ def test_bad_fields_are_422_naming_the_field(server: Server, body: dict[str, Any
     assert answer.status == 422
     error = answer.json()["error"]
     assert message in error and "\n" not in error
+
+
+def test_a_body_over_the_limit_is_413(server: Server) -> None:
+    answer = server.post(b'{"prompt": "' + b"a" * 20000 + b'"}')
+    assert answer.status == 413
+    assert answer.json()["error"] == "body: 20014 bytes is larger than the limit of 16384 bytes"
 
 
 def test_raw_audio_of_several_waveforms_is_422(server: Server) -> None:

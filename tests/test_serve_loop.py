@@ -5,6 +5,7 @@ held."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -182,4 +183,59 @@ def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(ti
         _, second = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 2})
         assert isinstance(second.final(), Finished)
     finally:
+        loop.close()
+
+
+def test_a_poisoned_request_in_a_filled_batch_fails_alone(tiny: ModelUnderTest, expected: list[np.ndarray]) -> None:
+    """``fill`` batches every request of one height into each UNet call: the one whose rows turn NaN (guidance
+    past float32, which the API refuses but the engine's Python API takes) fails with 500 and a message that
+    names the stage; the requests in its calls finish with their own audio."""
+    loop = StepLoop(tiny.engine, Fill(max_requests=8))
+    try:
+        poisoned = {**MIXED_REQUESTS[0], "prompt": "poison", "guidance_scale": 1e38, "num_inference_steps": 5}
+        jobs = [submit(loop, tiny.engine, arguments) for arguments in (MIXED_REQUESTS[0], poisoned, MIXED_REQUESTS[3])]
+        (_, first), (_, bad), (_, last) = jobs
+        failed = bad.final()
+        assert isinstance(failed, Failed) and failed.status == 500
+        assert failed.message.startswith("generation failed: unet produced NaN or infinity"), failed
+        for recorder, audio in ((first, expected[0]), (last, expected[3])):
+            finished = recorder.final()
+            assert isinstance(finished, Finished), finished
+            assert relative_difference(finished.generation.audio, audio) < 1e-4
+        assert loop.held() == 0
+    finally:
+        loop.close()
+
+
+class HangingEngine:
+    """The engine with a UNet step that waits for ``release``, as a call on a hung GPU never returns."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def step(self, states: Sequence[Any]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self._engine.step(states)
+
+
+def test_a_hung_engine_call_shows_in_stalled_seconds(tiny: ModelUnderTest) -> None:
+    """What the replica's health check reads: how long the call under way has lasted, 0 between calls."""
+    engine = HangingEngine(tiny.engine)
+    loop = StepLoop(engine, Fifo())  # type: ignore[arg-type]
+    try:
+        _, recorder = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
+        assert engine.entered.wait(60)
+        time.sleep(0.5)
+        assert loop.stalled_seconds() >= 0.5
+        engine.release.set()
+        assert isinstance(recorder.final(), Finished)
+        assert loop.stalled_seconds() == 0.0
+    finally:
+        engine.release.set()
         loop.close()
