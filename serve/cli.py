@@ -128,8 +128,11 @@ def run(args: argparse.Namespace) -> None:
             raise KeyboardInterrupt
         stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
+    def handle_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+
+    handle_signals()
     settings = _settings(args)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = import_extra("ray", "serve")
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> None:
             ray.init(address=address, logging_level=level)
         else:
             _start_local_ray(ray, max(os.cpu_count() or 1, settings.replicas), level)
+        handle_signals()  # again: Ray's core worker puts its own SIGTERM handler (log, then exit) in place
         try:
             application = build_app(settings)  # a GPU backend on a cluster without a GPU fails here
         except ValueError as error:

@@ -107,6 +107,7 @@ def test_request_checks_a_per_request_scheduler(tiny: ModelUnderTest) -> None:
     assert request.unet_calls == 9 and request.unet_rows == 2 and request.waveforms == 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the poison itself
 def test_a_request_that_overflows_fails_alone(tiny: ModelUnderTest) -> None:
     """A request whose guidance drives the latents past float32 (the UNet gives NaN or infinity for its rows)
     fails alone, naming the stage; the requests batched with it step on and give their audio alone's."""

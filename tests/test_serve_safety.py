@@ -85,8 +85,11 @@ def test_a_port_whose_connections_sit_in_time_wait_can_be_served_again() -> None
         accepted, _ = server.accept()
         accepted.close()
     client.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # TIME_WAIT is there: a plain bind fails
+        plain.bind(("127.0.0.1", port))
     _check_port_free("127.0.0.1", port)
-    with socket.socket() as holder:
+    with socket.socket() as holder:  # a server listening there: refused
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
         with pytest.raises(UsageError, match="cannot listen there"):
