@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 #: How long the ingress trusts its last look at the replicas before a generation request looks again.
 READINESS_TTL_SECONDS = 1.0
+#: Calls a replica takes beyond the requests it holds: the ingress's status looks (readiness, metrics).
+STATUS_CALL_SLOTS = 4
 #: How long a look at the replicas (readiness, metrics) may take before a replica counts as not answering.
 STATUS_TIMEOUT_SECONDS = 5.0
 #: What a stopping server's 503s tell clients to wait before they retry (elsewhere, or on its successor).
@@ -339,6 +341,8 @@ class Ingress:
         self.held = 0
         self._draining = False
         self._ready_at = -math.inf
+        #: The last look at the replicas of each kind (with metrics or without): when, and its future.
+        self._status_looks: dict[bool, tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
         self._seconds_per_request = 1.0
         self.metrics = IngressMetrics()
         self._replica_metrics = ReplicaCollector()
@@ -479,7 +483,16 @@ class Ingress:
         return bool(await self._replica_statuses())
 
     async def _replica_statuses(self, metrics: bool = False) -> list[dict[str, Any]]:
-        """The status of every engine replica that answers (none while they load)."""
+        """The status of every engine replica that answers (none while they load), looked at most once per
+        READINESS_TTL_SECONDS for each kind, once for all the callers of that time: probes and scrapes do not
+        become a broadcast each."""
+        looked_at, look = self._status_looks.get(metrics, (-math.inf, None))
+        if look is None or time.monotonic() - looked_at >= READINESS_TTL_SECONDS:
+            look = asyncio.ensure_future(self._look_at_replicas(metrics))
+            self._status_looks[metrics] = (time.monotonic(), look)
+        return await asyncio.shield(look)  # a caller that leaves does not cancel the others' look
+
+    async def _look_at_replicas(self, metrics: bool) -> list[dict[str, Any]]:
         try:
             answers = await self._replicas.broadcast("status", metrics).results_async(
                 timeout_s=STATUS_TIMEOUT_SECONDS, return_exceptions=True
@@ -676,7 +689,9 @@ def build_app(args: ServeSettings) -> Any:
         cast(Any, EngineReplica)
         .options(
             num_replicas=settings.replicas,
-            max_ongoing_requests=settings.replica_capacity,
+            # The ingress admits the requests; the slots beyond them are for its status calls, which a full
+            # replica would otherwise answer only once a request left (a busy server reported not ready).
+            max_ongoing_requests=settings.replica_capacity + STATUS_CALL_SLOTS,
             ray_actor_options=actor,
             health_check_period_s=10,
             graceful_shutdown_timeout_s=settings.request_timeout + SHUTDOWN_MARGIN_SECONDS,

@@ -28,6 +28,7 @@ import pytest
 import soundfile
 
 from audioldm_trt.engine import Engine
+from audioldm_trt.serve.app import READINESS_TTL_SECONDS
 
 from conftest import ModelUnderTest
 
@@ -87,9 +88,11 @@ class Server:
         headers = {"Content-Type": "application/json", **(headers or {})}
         return request(urllib.request.Request(self.url + "/v1/generate", data=data, headers=headers, method="POST"))
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, fresh: bool = False) -> dict[str, float]:
         """The metrics' samples by name and labels, replicas summed: ``{'audioldm_requests_total{status="200"}':
-        3.0, ...}``."""
+        3.0, ...}``. The replicas' series are looked at once a second at most; ``fresh``: wait that out."""
+        if fresh:
+            time.sleep(READINESS_TTL_SECONDS + 0.1)
         samples: dict[str, float] = {}
         for line in self.get("/metrics").body.decode().splitlines():
             if line and not line.startswith("#"):
@@ -319,6 +322,19 @@ def test_raw_audio_of_several_waveforms_is_422(server: Server) -> None:
     assert answer.status == 422 and answer.json()["error"].startswith("waveforms: a raw audio answer holds one")
 
 
+def test_a_full_server_is_still_ready_and_scraped_at_once(server: Server) -> None:
+    """Status looks have slots of their own on the replicas: a replica holding all it takes still answers them."""
+    body = {"prompt": "a crowd", "duration": 1.0, "steps": 100, "seed": 7}
+    with ThreadPoolExecutor(6) as pool:
+        held = [pool.submit(server.post, body) for _ in range(6)]
+        assert server.wait_metric("audioldm_requests_in_flight", lambda n: n == 6) == 6
+        for path in ("/readyz", "/metrics"):
+            started = time.monotonic()
+            assert server.get(path).status == 200 and time.monotonic() - started < 3, path
+        assert server.post({"prompt": "one more", "steps": 2}).status == 429
+        assert all(answer.result().status == 200 for answer in held)
+
+
 def test_overload_is_429_and_every_request_is_answered(server: Server) -> None:
     """Twice the capacity at once: 6 are served, the others refused at once with Retry-After; none is lost.
     The requests are long enough (seconds) that none ends before the last has arrived, on a busy machine too."""
@@ -360,13 +376,13 @@ def test_a_client_that_disconnects_frees_its_slot(server: Server) -> None:
         chunk = connection.recv(4096)
         assert chunk, received
         received += chunk
-    assert server.metrics()["audioldm_replica_requests"] == 1
+    assert server.wait_metric("audioldm_replica_requests", lambda held: held == 1) == 1
     connection.close()
     assert server.wait_metric("audioldm_replica_requests", lambda held: held == 0) == 0
-    calls = server.metrics()["audioldm_unet_calls_total"]
+    calls = server.metrics(fresh=True)["audioldm_unet_calls_total"]
     assert calls - before["audioldm_unet_calls_total"] < 400
     time.sleep(1.0)
-    assert server.metrics()["audioldm_unet_calls_total"] == calls  # its work stopped
+    assert server.metrics(fresh=True)["audioldm_unet_calls_total"] == calls  # its work stopped
     key = 'audioldm_requests_total{status="499"}'
     assert server.wait_metric(key, lambda n: n > before.get(key, 0.0)) == before.get(key, 0.0) + 1
     assert server.metrics()["audioldm_requests_in_flight"] == 0
@@ -377,7 +393,7 @@ def test_metrics_count_what_happened(server: Server) -> None:
     assert server.post({"prompt": "one", "duration": 1.0, "steps": 3, "seed": 1}).status == 200
     assert server.post({"prompt": "two", "duration": 1.0, "steps": 2, "seed": 2, "guidance": 1}).status == 200
     assert server.post({"prompt": "bad", "steps": 9999}).status == 422
-    after = server.metrics()
+    after = server.metrics(fresh=True)
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
