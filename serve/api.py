@@ -181,3 +181,10 @@ def encode_audio(audio: np.ndarray, sampling_rate: int, audio_format: str) -> li
 
 def base64_files(files: list[bytes]) -> list[str]:
     return [base64.b64encode(data).decode("ascii") for data in files]
+
+
+def http_field_names(message: str) -> str:
+    """An engine error in the HTTP API's words: its argument names become the body's field names."""
+    for argument, name in ENGINE_ARGUMENT_FIELDS.items():
+        message = message.replace(argument, name)
+    return message

@@ -212,7 +212,7 @@ def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     from .api import validation_message
-    from .app import read_api_key
+    from .ingress import read_api_key
     from .settings import ServeSettings
 
     Manifest.load(args.engine)  # a missing or incomplete export fails now, not in every replica

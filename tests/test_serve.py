@@ -28,7 +28,7 @@ import pytest
 import soundfile
 
 from audioldm_trt.engine import Engine
-from audioldm_trt.serve.app import READINESS_TTL_SECONDS
+from audioldm_trt.serve.ingress import READINESS_TTL_SECONDS
 
 from conftest import ModelUnderTest
 

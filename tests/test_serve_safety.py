@@ -14,10 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from audioldm_trt.engine.cli import UsageError
-from audioldm_trt.serve.app import Admission, Refusal, Ticket
 from audioldm_trt.serve.cli import _check_port_free
+from audioldm_trt.serve.ingress import Admission, Refusal
 from audioldm_trt.serve.loop import Failed
 from audioldm_trt.serve.metrics import IngressMetrics
+from audioldm_trt.serve.replica import Ticket
 from audioldm_trt.serve.settings import ServeSettings, replica_gpus
 
 

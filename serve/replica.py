@@ -1,0 +1,200 @@
+"""An engine replica (``--replicas`` of them, on any node of the cluster): an ``Engine`` and its step loop.
+
+``generate`` validates a request with ``Engine.request`` (422 before it is queued), hands it to the loop and
+streams its events back: ``accepted`` or ``error`` first, then ``progress`` per UNet call when asked, then
+``result`` or ``error``.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from audioldm_trt.engine import Engine, GenerationRequest
+from audioldm_trt.engine.tokenizer import PromptTokenizer
+
+from .api import encode_audio, http_field_names
+from .loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop, first_line
+from .metrics import ReplicaMetrics
+from .policy import default_policy, make_policy
+from .settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the request-level batcher waits for more requests before it starts a batch.
+REQUEST_BATCH_WAIT_SECONDS = 0.05
+
+
+def runs_on_gpu(engine: Engine) -> bool:
+    from audioldm_trt.engine.backends.onnxruntime import CUDA
+
+    return engine.backend.name == "tensorrt" or getattr(engine.backend, "providers", [None])[0] == CUDA
+
+
+class Ticket:
+    """A replica's handle on one request in its loop: the events for ``generate`` and a flag for the batcher.
+    Events come from the loop's thread and are handed to the replica's event loop."""
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.finished = asyncio.Event()
+        #: With request-level batching: the batch this request runs in (kept so that it is not collected).
+        self.batch: asyncio.Future[Any] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.job = Job(request, self._send)
+
+    def _send(self, event: Event) -> None:
+        """Called from the loop's thread."""
+        self._loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        if self.finished.is_set():  # one final event, whoever sends a second
+            return
+        self.events.put_nowait(event)
+        if not isinstance(event, Progress):
+            self.finished.set()
+
+    def batch_ended(self, batch: "asyncio.Future[Any]") -> None:
+        """Request-level batching: a batch that failed answers its requests now, not at their timeout."""
+        if not batch.cancelled() and (error := batch.exception()) is not None:
+            self._deliver(Failed(500, f"the request batch failed: {first_line(error)}"))
+
+
+@serve.deployment(name="EngineReplica")
+class EngineReplica:
+    """An Engine, warmed, and its step loop (or, with ``batching="request"``, whole-request batches)."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self._settings = settings
+        self._engine = Engine.load(
+            settings.engine, backend=settings.backend, verify=settings.verify, threads=settings.threads
+        )
+        self._tokenizer = PromptTokenizer.from_directory(Path(settings.engine) / "tokenizer")
+        model = self._engine.manifest.model
+        self._token_limits = {
+            "prompt": self._tokenizer.max_length,
+            "negative_prompt": min(model.embedding_dim, self._tokenizer.max_length),
+        }
+        # The first calls allocate and (TensorRT) capture; a request should not pay for them.
+        self._engine.run("warm-up", num_inference_steps=2, seed=0)
+        on_gpu = runs_on_gpu(self._engine)
+        name = {"none": "fifo", "request": "fill"}.get(settings.batching, settings.policy)
+        name = default_policy(on_gpu) if name == "auto" else name
+        # --max-batch requests per call, both sides of guidance each, within the engines' profiles (TensorRT).
+        backend = self._engine.backend
+        rows = [2 * settings.max_batch, backend.max_rows("unet") or 2 * settings.max_batch]
+        policy = make_policy(name, settings.max_batch, max_rows=min(rows))
+        self.metrics = ReplicaMetrics()
+        self._loop = StepLoop(
+            self._engine, policy, on_call=self._record_call, max_decode_waveforms=backend.max_rows("vae_decoder")
+        )
+        batcher: Any = self._batch_whole_requests  # @serve.batch's wrapper, untyped
+        batcher.set_max_batch_size(settings.max_batch)
+        batcher.set_batch_wait_timeout_s(REQUEST_BATCH_WAIT_SECONDS)
+        self._id = serve.get_replica_context().replica_id.unique_id
+        logger.info("replica %s ready: %s, policy %s", self._id, self._engine.backend.describe(), policy.name)
+
+    def status(self, metrics: bool = False) -> dict[str, Any]:
+        held = self._loop.held()
+        self.metrics.held.set(held)
+        exposition = self.metrics.exposition() if metrics else ""
+        return {"replica": self._id, "policy": self._loop.policy, "held": held, "metrics": exposition}
+
+    def check_health(self) -> None:
+        """Ray restarts a replica whose loop thread died or whose engine call has hung past ``stall_timeout``
+        (the requests it held are answered 503 by the ingress when the replica goes)."""
+        if not self._loop.alive():
+            raise RuntimeError("the step loop thread stopped")
+        stalled = self._loop.stalled_seconds()
+        if stalled > self._settings.stall_timeout:
+            raise RuntimeError(f"an engine call has not returned for {stalled:.0f} s: the engine is wedged")
+
+    async def generate(
+        self, arguments: dict[str, Any], audio_format: str, progress: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            self._check_prompt_lengths(arguments)
+            request = self._engine.request(**arguments)
+        except ValueError as error:
+            yield {"event": "error", "status": 422, "error": http_field_names(first_line(error))}
+            return
+        ticket = Ticket(request)
+        if self._settings.batching == "request":
+            ticket.batch = asyncio.ensure_future(self._batch_whole_requests(ticket))
+            ticket.batch.add_done_callback(ticket.batch_ended)
+        else:
+            try:
+                self._loop.submit([ticket.job])
+            except RuntimeError:  # closed: Ray is stopping this replica
+                yield {"event": "error", "status": 503, "error": "the engine replica is shutting down; retry"}
+                return
+        try:
+            yield {"event": "accepted"}
+            while True:
+                event = await ticket.events.get()
+                if isinstance(event, Progress):
+                    if progress:
+                        yield {"event": "progress", "step": event.call, "steps": event.calls}
+                elif isinstance(event, Failed):
+                    yield {"event": "error", "status": event.status, "error": event.message}
+                    return
+                else:
+                    yield await asyncio.to_thread(self._result, event, audio_format)
+                    return
+        finally:
+            if not ticket.finished.is_set():
+                self._loop.cancel(ticket.job)
+
+    def _check_prompt_lengths(self, arguments: dict[str, Any]) -> None:
+        """Refuse what the text encoder would truncate (diffusers truncates with a warning; a server's client
+        would not see it): prompts past the tokenizer's limit, negative prompts past the embedding size (the
+        limit diffusers applies to them)."""
+        for argument, limit in self._token_limits.items():
+            text = arguments[argument]
+            if text is not None:
+                (tokens,) = self._tokenizer.count([text])
+                if tokens > limit:
+                    raise ValueError(f"{argument}: {tokens} tokens is more than the model reads ({limit})")
+
+    @serve.batch(max_batch_size=8)
+    async def _batch_whole_requests(self, tickets: list[Ticket]) -> list[None]:
+        """Request-level batching: requests that arrive together run together to their ends (``fill`` policy),
+        and the next batch starts when this one is done."""
+        try:
+            self._loop.submit([ticket.job for ticket in tickets])
+        except RuntimeError:  # closed: Ray is stopping this replica
+            for ticket in tickets:
+                ticket.job.notify(Failed(503, "the engine replica is shutting down; retry"))
+            return [None] * len(tickets)
+        await asyncio.gather(*(ticket.finished.wait() for ticket in tickets))
+        return [None] * len(tickets)
+
+    def _result(self, finished: Finished, audio_format: str) -> dict[str, Any]:
+        generation = finished.generation
+        stages = generation.timings
+        return {
+            "event": "result",
+            "seed": generation.seed,
+            "sampling_rate": self._engine.sampling_rate,
+            "audio": encode_audio(generation.audio, self._engine.sampling_rate, audio_format),
+            "timings": {
+                "queue": finished.queue_seconds,
+                "compute": finished.compute_seconds,
+                **{stage: stages[stage] for stage in ("unet", "vae_decoder", "vocoder")},
+            },
+        }
+
+    def _record_call(self, call: CallRecord) -> None:
+        self.metrics.unet_calls.inc()
+        self.metrics.unet_rows.inc(call.rows)
+        self.metrics.unet_seconds.inc(call.seconds)
+        self.metrics.batch_size.observe(call.requests)
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.close()
+            self._engine.close()
