@@ -124,6 +124,23 @@ class Engine:
         side of guidance."""
         return self._encode(list(prompt_list(prompt, "prompt")), [])[0]
 
+    def check_prompt_lengths(
+        self, prompt: str | Sequence[str] | None, negative_prompt: str | Sequence[str] | None = None
+    ) -> None:
+        """ValueError naming the argument for a prompt longer than the text encoder reads, or a negative prompt
+        longer than diffusers keeps of it (the embedding size). ``generate`` truncates them as diffusers does,
+        with its audio; a server refuses them instead, so that its client knows."""
+        limits = (
+            ("prompt", prompt, self._tokenizer.max_length),
+            ("negative_prompt", negative_prompt, self._negative_max_length),
+        )
+        for name, texts, limit in limits:
+            if texts is None:
+                continue
+            for tokens in self._tokenizer.count(list(prompt_list(texts, name))):
+                if tokens > limit:
+                    raise ValueError(f"{name}: {tokens} tokens is more than the model reads ({limit})")
+
     def generate(
         self,
         prompt: str | Sequence[str] | None = None,

@@ -8,13 +8,11 @@ streams its events back: ``accepted`` or ``error`` first, then ``progress`` per 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from audioldm_trt.engine import Engine, GenerationRequest
-from audioldm_trt.engine.tokenizer import PromptTokenizer
 
 from .api import encode_audio, http_field_names
 from .loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop, first_line
@@ -72,12 +70,6 @@ class EngineReplica:
         self._engine = Engine.load(
             settings.engine, backend=settings.backend, verify=settings.verify, threads=settings.threads
         )
-        self._tokenizer = PromptTokenizer.from_directory(Path(settings.engine) / "tokenizer")
-        model = self._engine.manifest.model
-        self._token_limits = {
-            "prompt": self._tokenizer.max_length,
-            "negative_prompt": min(model.embedding_dim, self._tokenizer.max_length),
-        }
         # The first calls allocate and (TensorRT) capture; a request should not pay for them.
         self._engine.run("warm-up", num_inference_steps=2, seed=0)
         on_gpu = runs_on_gpu(self._engine)
@@ -116,7 +108,7 @@ class EngineReplica:
         self, arguments: dict[str, Any], audio_format: str, progress: bool
     ) -> AsyncIterator[dict[str, Any]]:
         try:
-            self._check_prompt_lengths(arguments)
+            self._engine.check_prompt_lengths(arguments["prompt"], arguments["negative_prompt"])
             request = self._engine.request(**arguments)
         except ValueError as error:
             yield {"event": "error", "status": 422, "error": http_field_names(first_line(error))}
@@ -147,17 +139,6 @@ class EngineReplica:
         finally:
             if not ticket.finished.is_set():
                 self._loop.cancel(ticket.job)
-
-    def _check_prompt_lengths(self, arguments: dict[str, Any]) -> None:
-        """Refuse what the text encoder would truncate (diffusers truncates with a warning; a server's client
-        would not see it): prompts past the tokenizer's limit, negative prompts past the embedding size (the
-        limit diffusers applies to them)."""
-        for argument, limit in self._token_limits.items():
-            text = arguments[argument]
-            if text is not None:
-                (tokens,) = self._tokenizer.count([text])
-                if tokens > limit:
-                    raise ValueError(f"{argument}: {tokens} tokens is more than the model reads ({limit})")
 
     @serve.batch(max_batch_size=8)
     async def _batch_whole_requests(self, tickets: list[Ticket]) -> list[None]:

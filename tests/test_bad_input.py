@@ -236,3 +236,12 @@ def test_manifest_records_what_the_runtime_needs(tiny: ModelUnderTest) -> None:
     assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"] == ["batch", 4, "height", 8]
     assert {"unet.onnx", "tokenizer/vocab.json"} <= set(manifest["files"])
     assert {"torch", "diffusers", "onnx"} <= set(manifest["versions"])
+
+
+def test_prompts_longer_than_the_model_reads_are_named(tiny: ModelUnderTest) -> None:
+    """``generate`` truncates them as diffusers does; ``check_prompt_lengths`` is what a server refuses them by."""
+    tiny.engine.check_prompt_lengths("a dog barking", ["noise", "hiss"])
+    with pytest.raises(ValueError, match=r"^prompt: 603 tokens is more than the model reads \(512\)$"):
+        tiny.engine.check_prompt_lengths("a dog " * 300)
+    with pytest.raises(ValueError, match=r"^negative_prompt: 23 tokens is more than the model reads \(16\)$"):
+        tiny.engine.check_prompt_lengths("a", "noise " * 20)
