@@ -19,6 +19,7 @@ import tarfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,21 @@ def test_a_corrupt_part_is_refused(tmp_path: Path) -> None:
     (carried / "part-01").write_bytes(b"abc")
     with pytest.raises(gpu_plan.PlanError, match="part-01 arrived corrupt"):
         gpu_plan.Device(tmp_path / "device").receive(tmp_path / "checkout")
+
+
+@pytest.mark.parametrize("profile", [gpu_plan.gpu_profile, gpu_plan.rehearsal_profile], ids=["gpu", "rehearsal"])
+def test_every_stage_command_parses(profile: Any) -> None:
+    """The GPU profile's commands never run here: each ``audioldm-trt`` one is parsed by the real command line
+    (a misspelt flag or backend fails now, not in the lent machine's window), and the stages fit the deadline's
+    order: the table's first."""
+    from audioldm_trt.engine.cli import build_parser
+
+    plan = profile()
+    parser = build_parser()
+    for stage in plan.stages:
+        command = [part.replace("{root}", "/tmp/r").replace("{plan}", "gpu_plan.py") for part in stage.command]
+        if command[0] == "audioldm-trt":
+            parser.parse_args(command[1:])
+    assert [s.name for s in plan.stages][:3] == ["machine", "bench-batch1", "bench-batch4"]
+    assert all(stage.budget_s <= plan.deadline_s for stage in plan.stages)
+    assert {need for stage in plan.stages for need in stage.needs} <= {b.name for b in plan.bundles}
