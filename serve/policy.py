@@ -10,8 +10,9 @@ which always share a latent height (one call takes one shape).
   own work (measured in the work the loop did for others since it arrived) goes first, so that a long
   request cannot starve under a steady stream of short ones.
 - ``fill`` (GPU): every request of one latent height, up to the call's request and row limits. On a GPU a
-  call of many rows costs little more than one. Heights take turns (round robin), so no shape waits for
-  another to drain.
+  call of many rows costs little more than one. The height with the most rows waiting goes next, so that
+  mixed durations make full calls; a request passed over ``patience`` calls running goes first, so that no
+  shape waits for another to drain.
 - ``fifo``: the oldest request alone, so each runs to the end before the next starts (one at a time).
 
 Work is counted in UNet row-heights: a call of ``r`` rows of latent height ``h`` does ``r * h`` units, which
@@ -107,23 +108,38 @@ class LeastWork(Policy):
 
 
 class Fill(Policy):
-    """Every request of one latent height that fits, oldest first; heights take turns."""
+    """Every request of one latent height that fits, oldest first: the height with the most rows waiting, so
+    that requests of mixed durations fill calls rather than take turns in fragments; a request passed over
+    ``patience`` calls running goes first (with its height), so that no duration starves."""
 
     name = "fill"
 
-    def __init__(self, max_requests: int, max_rows: int | None = None) -> None:
+    def __init__(self, max_requests: int, max_rows: int | None = None, patience: int = 4) -> None:
         super().__init__(max_requests, max_rows)
-        self._last_height: int | None = None
+        self.patience = patience
+        #: Calls each candidate has been passed over since it last took part in one.
+        self._passed_over: dict[int, int] = {}
 
     def choose(self, candidates: Sequence[Candidate]) -> list[Candidate]:
         if not candidates:
+            self._passed_over.clear()
             return []
-        heights = sorted({c.latent_height for c in candidates})
-        later = [h for h in heights if self._last_height is not None and h > self._last_height]
-        height = later[0] if later else heights[0]
-        self._last_height = height
+        waited = {c.id: self._passed_over.get(c.id, 0) for c in candidates}
+        overdue = [c for c in candidates if waited[c.id] >= self.patience]
+        if overdue:
+            height = min(overdue, key=lambda c: c.id).latent_height
+        else:
+            rows: dict[int, int] = {}
+            oldest: dict[int, int] = {}
+            for c in candidates:
+                rows[c.latent_height] = rows.get(c.latent_height, 0) + c.rows
+                oldest[c.latent_height] = min(oldest.get(c.latent_height, c.id), c.id)
+            height = max(rows, key=lambda h: (rows[h], -oldest[h]))
         ordered = sorted((c for c in candidates if c.latent_height == height), key=lambda c: c.id)
-        return self._fill(ordered[0], ordered, self.max_requests)
+        chosen = self._fill(ordered[0], ordered, self.max_requests)
+        taken = {c.id for c in chosen}
+        self._passed_over = {i: 0 if i in taken else n + 1 for i, n in waited.items()}
+        return chosen
 
 
 class Fifo(Policy):

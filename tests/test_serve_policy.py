@@ -90,17 +90,23 @@ def test_fill_batches_every_request_of_one_height_within_the_limits() -> None:
     assert ids(Fill(max_requests=8, max_rows=3).choose(mixed)) == [0, 2]
 
 
-def test_fill_lets_heights_take_turns() -> None:
-    policy = Fill(max_requests=8)
+def test_fill_takes_the_height_with_most_rows_waiting_and_passes_no_request_over_for_long() -> None:
+    """Mixed durations fill calls instead of taking turns one height a call; a request passed over four calls
+    running goes next (the oldest such first), so no height starves."""
+    policy = Fill(max_requests=8, patience=4)
     requests = [candidate(0, height=64), candidate(1, height=128), candidate(2, height=64), candidate(3, height=32)]
-    heights = [policy.choose(requests)[0].latent_height for _ in range(6)]
-    assert heights == [32, 64, 128, 32, 64, 128]
-    assert ids(policy.choose(requests)) == [3]
+    requests.append(candidate(4, height=64))
+    heights = [policy.choose(requests)[0].latent_height for _ in range(8)]
+    assert heights == [64, 64, 64, 64, 128, 32, 64, 64]
+    assert ids(Fill(max_requests=8).choose(requests)) == [0, 2, 4]
+    # Rows, not requests, decide: one request of 6 rows outweighs two of 2.
+    heavy = [candidate(0, rows=2), candidate(1, rows=2), candidate(2, height=32, rows=6)]
+    assert ids(Fill(max_requests=8).choose(heavy)) == [2]
 
 
 def test_fill_finishes_requests_of_every_height() -> None:
     requests = [candidate(0, height=64, remaining=2), candidate(1, height=128, remaining=1), candidate(2, remaining=3)]
-    assert drain(Fill(max_requests=8), requests) == [1, 0, 2]
+    assert drain(Fill(max_requests=8), requests) == [0, 1, 2]
 
 
 def test_fifo_runs_one_request_at_a_time_to_its_end() -> None:
