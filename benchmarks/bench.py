@@ -396,7 +396,7 @@ def build_record(
     rows = []
     for contender in contenders:
         reference = references.get(contender.spec.device)
-        compared = reference is not None and contender is not reference
+        compared = reference if reference is not None and contender is not reference else None
         stages = report.stage_statistics(contender.samples)
         audio = _audio(contender)
         loaded = contender.loaded
@@ -415,7 +415,7 @@ def build_record(
                 "precision": loaded.precision,
                 "source": contender.spec.source,
                 "versions": loaded.versions,
-                "compared_with": reference.spec.name if compared and reference is not None else None,
+                "compared_with": compared.spec.name if compared else None,
                 "import_s": loaded.import_s,
                 "load_s": loaded.load_s,
                 "peak_rss_mib": contender.peak_rss_bytes / 2**20,
@@ -424,9 +424,9 @@ def build_record(
                 "unet_calls": contender.samples[0].unet_calls,
                 "stages": stages,
                 "rtf": stages["total"]["median"] / audio_seconds,
-                "speedup": _speedup(contender, reference) if compared and reference is not None else None,
+                "speedup": _speedup(contender, compared) if compared else None,
                 "speedup_vs_diffusers_bf16": _speedup(contender, bf16) if bf16 is not None else None,
-                "parity": relative_max_difference(audio, _audio(reference)) if compared and reference else None,
+                "parity": relative_max_difference(audio, _audio(compared)) if compared else None,
                 "quality": quality,
                 "quality_reference": fp32_reference.spec.name if quality and fp32_reference else None,
                 "within_diffusers_bf16": within(quality, bound) if quality and bound else None,

@@ -428,6 +428,8 @@ def _bundles_in(plan: dict[str, Any], part: dict[str, Any]) -> list[str]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """``engine.files.write_atomically``'s rule, here again: on the machine this file runs before the package
+    that holds it is installed."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_bytes(data)
     os.replace(temporary, path)

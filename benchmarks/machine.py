@@ -54,24 +54,16 @@ def versions() -> dict[str, str]:
     return found
 
 
-#: Modules whose versions a worker reports as imported, under the names the report uses.
-IMPORTED_MODULES = {
-    "torch": "torch",
-    "diffusers": "diffusers",
-    "transformers": "transformers",
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "tensorrt": "tensorrt",
-    "numpy": "numpy",
-}
+#: Modules whose versions a worker reports as imported.
+IMPORTED_MODULES = ("torch", "diffusers", "transformers", "onnxruntime", "openvino", "tensorrt", "numpy")
 
 
 def imported_versions() -> dict[str, str]:
     """The versions of the modules this process has imported, read from the modules themselves: where two
     builds are installed (the image's onnxruntime and a carried onnxruntime-gpu), the one that runs."""
     found = {"audioldm-trt": versions().get("audioldm-trt", "unknown")}
-    for name, module_name in IMPORTED_MODULES.items():
-        module = sys.modules.get(module_name)
+    for name in IMPORTED_MODULES:
+        module = sys.modules.get(name)
         version = getattr(module, "__version__", None)
         if not isinstance(version, str):
             continue

@@ -148,11 +148,13 @@ def export_models(
                 io = export(traces / files[0], False)
                 if len(files) > 1:
                     export(traces / files[1], True)
-                for precision, work in works.items():
+                for position, (precision, work) in enumerate(works.items()):
                     graph_precision = "fp16" if precision == "fp16" and name not in fp32_graphs else "fp32"
+                    # The last directory takes the traced files; the others get copies.
+                    place = shutil.move if position == len(works) - 1 else shutil.copyfile
                     for file in files:
                         for part in (file, file + WEIGHTS_SUFFIX):
-                            shutil.copyfile(traces / part, work / part)
+                            place(traces / part, work / part)
                         _convert(work / file, name, graph_precision)
                     share_weights(work / files[0], [work / file for file in files[1:]])
                     graphs[precision][name] = GraphSpec(
@@ -163,9 +165,6 @@ def export_models(
                         activation_bytes_per_row=activation_bytes_per_row(work / files[-1], io, spec),
                         onnxruntime_file=files[-1],
                     )
-                for file in files:
-                    for part in (file, file + WEIGHTS_SUFFIX):
-                        (traces / part).unlink()
                 bar.update()
         for precision, work in works.items():
             _copy_tokenizer(source_dir / "tokenizer", work / "tokenizer")

@@ -91,7 +91,8 @@ def convert_to_fp16(path: Path, name: str) -> None:
 
 def mixed_precision(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 ``model`` with fp32 inputs and outputs and the fp32 islands described above."""
-    model = _with_types_inferred(_with_node_names(model))
+    model = _with_node_names(model)
+    _infer_types(model)
     keep = _timestep_embedding(model.graph) | _waveform_output(model.graph)
     converted: onnx.ModelProto = convert_float_to_float16(
         model,
@@ -105,8 +106,8 @@ def mixed_precision(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def _with_types_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the value infos ONNX's shape inference gives it, as the converter would infer them itself,
+def _infer_types(model: onnx.ModelProto) -> None:
+    """Give ``model`` the value infos ONNX's shape inference gives it, as the converter would infer them itself,
     but inferred on a copy without the weights: inference serialises the model it is given, and the weights are
     nearly all of a network's bytes (a quarter of the s-full-v2 export's time went there). Tensors under
     SHARED_TENSOR_BYTES (shapes and other constants that inference reads) stay in the copy."""
@@ -116,13 +117,10 @@ def _with_types_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
         if len(tensor.raw_data) >= SHARED_TENSOR_BYTES:
             tensor.ClearField("raw_data")
     inferred = onnx.shape_inference.infer_shapes(skeleton)
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(inferred.graph.value_info)
-    for output, typed in zip(result.graph.output, inferred.graph.output, strict=True):
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for output, typed in zip(model.graph.output, inferred.graph.output, strict=True):
         output.CopyFrom(typed)
-    return result
 
 
 def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:

@@ -8,7 +8,6 @@ Needs Debian's ``chromium`` and ``chromium-driver``; without them the tests fail
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from audioldm_trt.engine.schedulers import SCHEDULERS
 
 from conftest import ModelUnderTest
-from test_serve import Server, decoded
+from test_serve import Server, decoded, until
 
 KEY = "playground-test-key"
 AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
@@ -282,18 +281,9 @@ def test_a_full_queue_shows_the_429_and_when_to_retry(server: Server, browser: W
 
 def hold_a_slot(server: Server) -> socket.socket:
     """A streamed request seconds long, once admitted (its answer's headers come when the replica has taken it)."""
-    connection = socket.create_connection(("127.0.0.1", server.port))
-    body = json.dumps({"prompt": "a long one", "duration": 6, "steps": 900, "stream": True}).encode()
-    connection.sendall(
-        b"POST /v1/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    headers = b""
-    while b"\r\n\r\n" not in headers:
-        chunk = connection.recv(4096)
-        assert chunk, headers
-        headers += chunk
+    long_one = {"prompt": "a long one", "duration": 6, "steps": 900}
+    connection = server.open_stream(long_one, {"Authorization": f"Bearer {KEY}"})
+    headers = until(connection, b"\r\n\r\n")
     assert headers.startswith(b"HTTP/1.1 200 "), headers
     return connection
 

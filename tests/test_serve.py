@@ -88,6 +88,20 @@ class Server:
         headers = {"Content-Type": "application/json", **(headers or {})}
         return request(urllib.request.Request(self.url + "/v1/generate", data=data, headers=headers, method="POST"))
 
+    def open_stream(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> socket.socket:
+        """A streamed POST on a connection of its own, for a test that reads the answer as it comes or leaves
+        before its end; ``until`` reads it."""
+        connection = socket.create_connection(("127.0.0.1", self.port))
+        data = json.dumps({**body, "stream": True}).encode()
+        lines = [f"{name}: {value}\r\n" for name, value in {**(headers or {}), "Content-Length": len(data)}.items()]
+        connection.sendall(
+            b"POST /v1/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + "".join(lines).encode()
+            + b"\r\n"
+            + data
+        )
+        return connection
+
     def metrics(self, fresh: bool = False) -> dict[str, float]:
         """The metrics' samples by name and labels, replicas summed: ``{'audioldm_requests_total{status="200"}':
         3.0, ...}``. The replicas' series are looked at once a second at most; ``fresh``: wait that out."""
@@ -108,6 +122,16 @@ class Server:
             if predicate(value) or time.monotonic() > deadline:
                 return value
             time.sleep(0.2)
+
+
+def until(connection: socket.socket, marker: bytes) -> bytes:
+    """What the connection sends up to and including ``marker`` (and whatever came in the same reads)."""
+    received = b""
+    while marker not in received:
+        chunk = connection.recv(4096)
+        assert chunk, received
+        received += chunk
+    return received
 
 
 def request(req: urllib.request.Request, timeout: float = 300) -> Answer:
@@ -364,18 +388,8 @@ def test_overload_is_429_and_every_request_is_answered(server: Server) -> None:
 
 def test_a_client_that_disconnects_frees_its_slot(server: Server) -> None:
     before = server.metrics()
-    connection = socket.create_connection(("127.0.0.1", server.port))
-    body = json.dumps({"prompt": "a long one", "duration": 5, "steps": 400, "stream": True}).encode()
-    connection.sendall(
-        b"POST /v1/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    received = b""
-    while b"event: progress" not in received:  # it is in the batch
-        chunk = connection.recv(4096)
-        assert chunk, received
-        received += chunk
+    connection = server.open_stream({"prompt": "a long one", "duration": 5, "steps": 400})
+    until(connection, b"event: progress")  # it is in the batch
     assert server.wait_metric("audioldm_replica_requests", lambda held: held == 1) == 1
     connection.close()
     assert server.wait_metric("audioldm_replica_requests", lambda held: held == 0) == 0
