@@ -109,7 +109,7 @@ def mixed_precision(model: onnx.ModelProto) -> onnx.ModelProto:
 def _infer_types(model: onnx.ModelProto) -> None:
     """Give ``model`` the value infos ONNX's shape inference gives it, as the converter would infer them itself,
     but inferred on a copy without the weights: inference serialises the model it is given, and the weights are
-    nearly all of a network's bytes (a quarter of the s-full-v2 export's time went there). Tensors under
+    nearly all of a network's bytes (benchmarks/README.md has what it saves). Tensors under
     SHARED_TENSOR_BYTES (shapes and other constants that inference reads) stay in the copy."""
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
