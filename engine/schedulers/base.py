@@ -47,7 +47,12 @@ class Scheduler(ABC):
     supported_values: ClassVar[dict[str, Collection[Any]]] = {}
 
     timesteps: np.ndarray
+    #: The training schedule's cumulative alpha products (float32), which every scheduler derives its levels from.
+    alphas_cumprod: np.ndarray
     init_noise_sigma: float = 1.0
+    #: diffusers' ``begin_index``: the index in ``timesteps`` a run that starts mid-schedule (audio-to-audio)
+    #: starts at, or None for a run from the first timestep (where the index is found from the timestep).
+    begin_index: int | None = None
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         config = dict(config or {})
@@ -77,6 +82,21 @@ class Scheduler(ABC):
         """The UNet input for ``sample`` at ``timestep`` (identity for variance-preserving samplers)."""
         return sample
 
+    def set_begin_index(self, begin_index: int) -> None:
+        """Start the run at ``timesteps[begin_index]``, as diffusers' img2img pipelines do for a strength below 1."""
+        self.begin_index = begin_index
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """``original`` noised with ``noise`` to the level of ``timesteps[index]``: diffusers' ``add_noise`` where
+        img2img calls it (before the first step, at ``begin_index``) and inpainting (after step ``index - 1``).
+
+        This is the DDPM form DDIM and PNDM share, ``sqrt(a_t) x + sqrt(1 - a_t) noise`` at the timestep; the
+        sigma and multistep schedulers index their own noise levels by step instead."""
+        alpha_prod = self.alphas_cumprod[int(self.timesteps[index])]
+        return np.asarray(
+            np.sqrt(alpha_prod) * original + np.sqrt(np.float32(1.0) - alpha_prod) * noise, dtype=np.float32
+        )
+
     @abstractmethod
     def step(
         self,
@@ -88,6 +108,13 @@ class Scheduler(ABC):
         generator: TorchGenerator | None = None,
     ) -> np.ndarray:
         """The sample at the next timestep. ``eta`` is DDIM's; ``generator`` feeds stochastic samplers."""
+
+
+def strength_start(num_inference_steps: int, strength: float, order: int) -> int:
+    """The index in ``timesteps`` where diffusers' img2img pipelines start for ``strength`` (``get_timesteps``:
+    the last ``int(steps * strength)`` steps run, each ``order`` timesteps long)."""
+    kept = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - kept, 0) * order
 
 
 def discrete_timesteps(config: Mapping[str, Any], num_inference_steps: int) -> np.ndarray:

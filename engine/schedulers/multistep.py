@@ -246,6 +246,13 @@ class MultistepScheduler(Scheduler):
         """The float64 training sigmas at integer ``timesteps``."""
         return interpolated_sigmas(timesteps, self.train_sigmas)
 
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """``alpha_t x + sigma_t noise`` at the level of step ``index`` (see ``Scheduler.add_noise``), in float32
+        as diffusers' ``_sigma_to_alpha_sigma_t`` computes it."""
+        sigma = np.float32(self.sigmas[index])
+        alpha_t = np.float32(1.0) / np.sqrt(sigma * sigma + np.float32(1.0))
+        return np.asarray(alpha_t * original + (sigma * alpha_t) * noise, dtype=np.float32)
+
     def _level(self, index: int) -> Level:
         return level_of(float(self.sigmas[index]))
 
@@ -309,7 +316,9 @@ class MultistepScheduler(Scheduler):
         if not self.num_inference_steps:
             raise ValueError(f"{self.name}: call set_timesteps before step")
         if self.step_index is None:
-            self.step_index = index_for_timestep(self.timesteps, timestep)
+            self.step_index = (
+                index_for_timestep(self.timesteps, timestep) if self.begin_index is None else self.begin_index
+            )
         # The last step may land on sigma 0 (lambda = inf): torch computes through the infinities silently.
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             prev_sample = self._advance(

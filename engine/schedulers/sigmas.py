@@ -155,12 +155,18 @@ class SigmaScheduler(Scheduler):
 
     def _index(self, timestep: float) -> int:
         """The current step index, found from ``timestep`` on the first call of a run as diffusers does."""
+        if self._step_index is None and self.begin_index is not None:
+            self._step_index = self.begin_index
         if self._step_index is None:
             matches = np.flatnonzero(self.timesteps == timestep)
             if not len(matches):
                 raise ValueError(f"{self.name}: timestep {timestep} is not one of the scheduler's timesteps")
             self._step_index = int(matches[1 if len(matches) > 1 else 0])
         return self._step_index
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """``x + sigma noise`` at the sigma of step ``index`` (see ``Scheduler.add_noise``)."""
+        return np.asarray(original + noise * np.float32(self.sigmas[index]), dtype=np.float32)
 
     def _input_sigma(self, index: int) -> np.float32:
         """The noise level of the UNet input at step ``index``."""
