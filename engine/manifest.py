@@ -36,6 +36,10 @@ FORMAT_VERSION = 2
 SELF_DIGEST = "manifest_xxh3_128"
 #: The graphs of an export, in pipeline order.
 GRAPH_NAMES = ("text_encoder", "unet", "vae_decoder", "vocoder")
+#: Graphs an export may lack: exports made before audio-to-audio have no VAE encoder.
+OPTIONAL_GRAPHS = ("vae_encoder",)
+#: AudioLDM's STFT window at its 16 kHz: 1024 samples (64 ms); other rates keep the 64 ms.
+AUDIOLDM_FILTER_SECONDS = 1024 / 16000
 #: Appended to a graph's file name, the file that holds its weights (ONNX external data).
 WEIGHTS_SUFFIX = ".data"
 
@@ -127,6 +131,26 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class MelSpec:
+    """The front-end's parameters, recorded in the manifest by the export."""
+
+    sampling_rate: int
+    filter_length: int
+    hop_length: int
+    win_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
+
+    @classmethod
+    def audioldm(cls, sampling_rate: int, hop_length: int, n_mels: int) -> MelSpec:
+        """AudioLDM's front-end for a model of this rate, hop and mel bins (the vocoder's): a 64 ms window and
+        filter, mel bands from 0 Hz to Nyquist (1024 samples and 0-8000 Hz for the 16 kHz checkpoints)."""
+        filter_length = round(AUDIOLDM_FILTER_SECONDS * sampling_rate)
+        return cls(sampling_rate, filter_length, hop_length, filter_length, n_mels, 0.0, sampling_rate / 2)
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: ModelSpec
     scheduler: dict[str, Any]
@@ -137,6 +161,8 @@ class Manifest:
     source: str
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: The audio front-end's parameters; None in exports made before audio-to-audio.
+    mel: MelSpec | None = None
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
@@ -174,6 +200,7 @@ class Manifest:
                 precision=data["precision"],
                 source=data["source"],
                 versions=dict(data.get("versions", {})),
+                mel=MelSpec(**data["mel"]) if data.get("mel") else None,
             )
         except EngineDirectoryError:
             raise

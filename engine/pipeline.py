@@ -8,6 +8,7 @@ same latents give the same audio.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from .backends import Backend, Graph, create_backend
 from .backends.base import Link
 from .denoising import Denoising
 from .errors import EngineError, NonFiniteOutputError, PartialFailureError
-from .manifest import Manifest
+from .manifest import OPTIONAL_GRAPHS, Manifest
 from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
 
@@ -72,6 +73,7 @@ class Engine:
         # models truncate earlier, and the same audio needs the same truncation.
         self._negative_max_length = min(manifest.model.embedding_dim, tokenizer.max_length)
         self._empty_embedding = self._encode([], [""])[1]
+        self._optional_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -154,9 +156,22 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        audio: str | Path | bytes | None = None,
+        strength: float | None = None,
+        inpaint: tuple[float, float] | None = None,
+        super_resolution: float | None = None,
+        extend: float | None = None,
+        posterior: str = "sample",
     ) -> np.ndarray:
         """Waveforms, float32 (len(prompts) * num_waveforms_per_prompt, samples), like diffusers'
-        ``AudioLDMPipeline(...).audios`` with ``generator=torch.Generator().manual_seed(seed)``."""
+        ``AudioLDMPipeline(...).audios`` with ``generator=torch.Generator().manual_seed(seed)``.
+
+        Audio-to-audio: ``audio`` is an input clip (a path, or a file's bytes, in any format libsndfile reads),
+        and the mode is style transfer (``strength`` in (0, 1], default 0.5: diffusers' img2img start), or one
+        of the masked modes, which keep the input where they do not regenerate: ``inpaint=(start_s, end_s)``,
+        ``super_resolution=cutoff_hz`` (regenerates the bands above), ``extend=seconds`` (continuation).
+        ``posterior``: the VAE latent of the input is a "sample" drawn from the seed, or the "mean". Without
+        ``audio_length_in_s`` the output is as long as the input (plus ``extend``)."""
         return self.run(
             prompt,
             audio_length_in_s=audio_length_in_s,
@@ -169,6 +184,12 @@ class Engine:
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            audio=audio,
+            strength=strength,
+            inpaint=inpaint,
+            super_resolution=super_resolution,
+            extend=extend,
+            posterior=posterior,
         ).audio
 
     def run(
@@ -184,6 +205,12 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        audio: str | Path | bytes | None = None,
+        strength: float | None = None,
+        inpaint: tuple[float, float] | None = None,
+        super_resolution: float | None = None,
+        extend: float | None = None,
+        posterior: str = "sample",
         progress: bool = False,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
@@ -199,6 +226,12 @@ class Engine:
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            audio=audio,
+            strength=strength,
+            inpaint=inpaint,
+            super_resolution=super_resolution,
+            extend=extend,
+            posterior=posterior,
         )
         return self.complete(request, progress)
 
@@ -231,6 +264,12 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        audio: str | Path | bytes | None = None,
+        strength: float | None = None,
+        inpaint: tuple[float, float] | None = None,
+        super_resolution: float | None = None,
+        extend: float | None = None,
+        posterior: str = "sample",
         scheduler: str | None = None,
         scheduler_config: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
@@ -253,6 +292,12 @@ class Engine:
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            audio=audio,
+            strength=strength,
+            inpaint=inpaint,
+            super_resolution=super_resolution,
+            extend=extend,
+            posterior=posterior,
             graphs_on_host=self.backend.graphs_on_host,
         )
         self.backend.check_workload(request.waveforms, request.latent_height)
@@ -260,8 +305,9 @@ class Engine:
 
     def start(self, requests: Sequence[GenerationRequest]) -> list[Denoising]:
         """The loop states of ``requests``: every prompt and negative prompt among them encoded in one text
-        encoder call, the initial noise drawn from each request's seed. A request whose embeddings are not
-        finite fails alone: PartialFailureError, its ``results`` the states of the others."""
+        encoder call, each audio input in a VAE encoder call, the initial noise drawn from each request's seed.
+        A request whose embeddings or posterior are not finite fails alone: PartialFailureError, its
+        ``results`` the states of the others."""
         started = time.perf_counter()
         prompts = [p for r in requests for p in r.prompts]
         negatives = [n for r in requests if r.guided and r.negative_prompts for n in r.negative_prompts]
@@ -289,8 +335,15 @@ class Engine:
                 failed[index] = self._non_finite_error("text_encoder")
                 states.append(None)
                 continue
-            state = Denoising(request, class_labels, started)
+            posterior, encoder_seconds = self._encode_audio(request)
+            if posterior is not None and not np.isfinite(posterior).all():
+                failed[index] = self._non_finite_error("vae_encoder")
+                states.append(None)
+                continue
+            state = Denoising(request, class_labels, started, posterior)
             state.timings["text_encoder"] = encoded
+            if posterior is not None:
+                state.timings["vae_encoder"] = encoder_seconds
             states.append(state)
         _raise_failures(failed, states)
         return [state for state in states if state is not None]
@@ -408,9 +461,22 @@ class Engine:
         mel = self._run("vae_decoder", checked=False, latents=latents)
         return "vocoder" if np.isfinite(mel).all() else "vae_decoder"
 
+    def _encode_audio(self, request: GenerationRequest) -> tuple[np.ndarray | None, float]:
+        """The VAE posterior of an audio request's input (None for text-to-audio), and the encoder's seconds."""
+        if request.audio is None:
+            return None, 0.0
+        clock = time.perf_counter()
+        posterior = self._run("vae_encoder", checked=False, mel=request.audio.mel)
+        return posterior, time.perf_counter() - clock
+
     def _graph(self, name: str) -> Graph:
         if not self._graphs:
             raise EngineError("this Engine was closed: load it again")
+        if name not in self._graphs and name in OPTIONAL_GRAPHS:
+            # The encoder loads on the first audio input: text-to-audio never pays for its session.
+            with self._optional_lock:
+                if name not in self._graphs:
+                    self._graphs[name] = self.backend.load(self.directory, self.manifest, name)
         return self._graphs[name]
 
     def _non_finite_error(self, graph: str) -> NonFiniteOutputError:

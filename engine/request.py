@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .audio import AudioInput
 from .manifest import Manifest
 from .memory import check_fits
 from .random import check_seed, fresh_seed
@@ -73,6 +75,8 @@ class GenerationRequest:
     scheduler: SchedulerChoice
     #: UNet calls the generation makes (second-order schedulers list most timesteps twice).
     unet_calls: int
+    #: Audio-to-audio's input and mode; None for text-to-audio.
+    audio: AudioInput | None = None
 
     @property
     def waveforms(self) -> int:
@@ -109,12 +113,19 @@ class GenerationRequest:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        audio: str | Path | bytes | None = None,
+        strength: float | None = None,
+        inpaint: tuple[float, float] | None = None,
+        super_resolution: float | None = None,
+        extend: float | None = None,
+        posterior: str = "sample",
         *,
         graphs_on_host: bool,
     ) -> GenerationRequest:
-        """Check the arguments of ``Engine.run`` (diffusers' ``AudioLDMPipeline.__call__``'s) for the export of
-        ``manifest``, and that the generation fits in this machine's memory (``graphs_on_host``: the backend
-        computes in host memory, see ``memory.check_fits``)."""
+        """Check the arguments of ``Engine.run`` (diffusers' ``AudioLDMPipeline.__call__``'s, and the
+        audio-to-audio ones of ``AudioInput.create``) for the export of ``manifest``, and that the generation
+        fits in this machine's memory (``graphs_on_host``: the backend computes in host memory, see
+        ``memory.check_fits``)."""
         model = manifest.model
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of prompt and prompt_embeds")
@@ -137,6 +148,23 @@ class GenerationRequest:
             if audio_length_in_s is None
             else finite(audio_length_in_s, "audio_length_in_s")
         )
+        audio_input = None
+        if audio is not None:
+            given_length = None if audio_length_in_s is None else length
+            audio_input, length = AudioInput.create(
+                manifest,
+                audio,
+                steps,
+                scheduler.type.order,
+                given_length,
+                strength,
+                inpaint,
+                super_resolution,
+                extend,
+                posterior,
+            )
+        elif any(value is not None for value in (strength, inpaint, super_resolution, extend)):
+            raise ValueError("strength, inpaint, super_resolution and extend need an input audio")
         if length < model.min_audio_length_in_s:
             raise ValueError(
                 f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
@@ -164,7 +192,8 @@ class GenerationRequest:
             latents=latents,
             scheduler=scheduler,
             # Also checks the steps against the scheduler (more steps than training timesteps, ...).
-            unet_calls=len(scheduler.create(steps).timesteps),
+            unet_calls=len(scheduler.create(steps).timesteps) - (audio_input.begin_index if audio_input else 0),
+            audio=audio_input,
         )
         check_fits(manifest, request.waveforms, request.latent_height, request.guided, graphs_on_host)
         return request

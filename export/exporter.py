@@ -20,7 +20,17 @@ from diffusers import AudioLDMPipeline
 from tqdm import tqdm
 
 from ..engine.errors import EngineError
-from ..engine.manifest import GRAPH_NAMES, WEIGHTS_SUFFIX, GraphSpec, Manifest, ModelSpec, TensorSpec, file_record
+from ..engine.manifest import (
+    GRAPH_NAMES,
+    OPTIONAL_GRAPHS,
+    WEIGHTS_SUFFIX,
+    GraphSpec,
+    Manifest,
+    MelSpec,
+    ModelSpec,
+    TensorSpec,
+    file_record,
+)
 from ..engine.tokenizer import TOKENIZER_FILES
 from .activations import activation_bytes_per_row
 from .attention import has_attention
@@ -30,6 +40,7 @@ from .onnx import (
     export_text_encoder,
     export_unet,
     export_vae_decoder,
+    export_vae_encoder,
     export_vocoder,
     share_weights,
 )
@@ -112,9 +123,10 @@ def export_models(
     for precision in targets:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    unknown = sorted(set(fp32_graphs) - set(GRAPH_NAMES))
+    names = GRAPH_NAMES + OPTIONAL_GRAPHS
+    unknown = sorted(set(fp32_graphs) - set(names))
     if unknown:
-        raise ValueError(f"unknown graph {unknown[0]!r} for --fp32; choose from {', '.join(GRAPH_NAMES)}")
+        raise ValueError(f"unknown graph {unknown[0]!r} for --fp32; choose from {', '.join(names)}")
     for output in targets.values():
         if output.exists() and not force:
             raise FileExistsError(f"{output} already exists (pass --force to replace it)")
@@ -139,6 +151,10 @@ def export_models(
             ),
             "vae_decoder": (pipe.vae, lambda p, fused: export_vae_decoder(pipe.vae, p, spec.latent_width, fused)),
             "vocoder": (pipe.vocoder, lambda p, _: export_vocoder(pipe.vocoder, p)),
+            "vae_encoder": (
+                pipe.vae,
+                lambda p, fused: export_vae_encoder(pipe.vae, p, spec.mel_bins, spec.vae_scale_factor, fused),
+            ),
         }
         graphs: dict[str, dict[str, GraphSpec]] = {precision: {} for precision in works}
         with tqdm(total=len(exports), desc="exporting", unit="graph") as bar:
@@ -176,6 +192,7 @@ def export_models(
                 precision=precision,
                 source=str(source),
                 versions=_versions(),
+                mel=MelSpec.audioldm(spec.sampling_rate, spec.hop_length, spec.mel_bins),
             )
             manifest.save(work)
     for output in targets.values():

@@ -83,6 +83,20 @@ class _VAEDecoder(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
+class _VAEEncoder(torch.nn.Module):
+    """Log-mel spectrogram to the VAE posterior: its mean and std side by side on the channel axis (one output,
+    as every graph has), from which the runtime takes the mean or draws a sample as diffusers'
+    ``latent_dist.sample(generator)`` does."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        posterior = self.vae.encode(mel).latent_dist
+        return torch.cat([posterior.mean, posterior.std], dim=1)
+
+
 class _Vocoder(torch.nn.Module):
     """transformers' ``SpeechT5HifiGan.forward`` computed on (batch, channels, 1, time) tensors.
 
@@ -222,6 +236,26 @@ def export_vae_decoder(vae: AutoencoderKL, path: Path, latent_width: int, fused:
 
     _export(module, inputs(1, 13), path, io, fused)
     _verify(module, path, "vae_decoder", inputs(2, 20), io)
+    return io
+
+
+def export_vae_encoder(vae: AutoencoderKL, path: Path, mel_bins: int, factor: int, fused: bool = False) -> GraphIO:
+    """mel (batch, 1, frames, bins), frames a multiple of the VAE factor -> posterior (batch, 2C, H, W): mean
+    then std; ``fused`` as for the UNet."""
+    channels = vae.config.latent_channels
+    io = GraphIO(
+        inputs={"mel": ("float32", ["batch", 1, "frames", mel_bins])},
+        outputs={"posterior": ("float32", ["batch", 2 * channels, "height", mel_bins // factor])},
+    )
+    module = _VAEEncoder(vae).eval()
+
+    def inputs(batch: int, height: int) -> tuple[torch.Tensor]:
+        generator = torch.Generator().manual_seed(height)
+        return (torch.randn(batch, 1, height * factor, mel_bins, generator=generator) * 2.0 - 5.0,)
+
+    _export(module, inputs(1, 13), path, io, fused)
+    _verify(module, path, "vae_encoder", inputs(2, 20), io)
+    _verify(module, path, "vae_encoder", inputs(1, 3), io)
     return io
 
 
