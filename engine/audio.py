@@ -101,7 +101,7 @@ def log_mel(waveform: np.ndarray, spec: MelSpec, frames: int) -> np.ndarray:
     segments = padded[starts + np.arange(spec.filter_length)[np.newaxis, :]]
     magnitudes = np.abs(np.fft.rfft(segments * _window(spec), axis=1))
     mel = magnitudes @ mel_filterbank(spec).T.astype(np.float64)
-    return np.log(np.maximum(mel, LOG_FLOOR))[:frames].astype(np.float32)
+    return np.asarray(np.log(np.maximum(mel, LOG_FLOOR))[:frames], dtype=np.float32)
 
 
 def _window(spec: MelSpec) -> np.ndarray:

@@ -70,6 +70,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def time_span(text: str) -> tuple[float, float]:
+    """``START:END`` in seconds."""
+    start, colon, end = text.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"expected START:END in seconds, got {text!r}")
+    return finite_float(start), finite_float(end)
+
+
 def seed_value(text: str) -> int:
     try:
         value = int(text)
@@ -140,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--no-verify", action="store_true", help="check the sizes of the engine files, not their hashes"
     )
+    generate.add_argument(
+        "--input-audio",
+        type=Path,
+        metavar="FILE",
+        help="audio-to-audio: an input clip (WAV, FLAC, OGG, ...; at most 60 s); style transfer unless a mode"
+        " below is given",
+    )
+    mode = generate.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--strength", type=finite_float, help="style transfer: how much of the input is regenerated, (0, 1] (0.5)"
+    )
+    mode.add_argument(
+        "--inpaint", type=time_span, metavar="START:END", help="regenerate these seconds of the input, keep the rest"
+    )
+    mode.add_argument(
+        "--super-resolution",
+        type=positive_float,
+        metavar="CUTOFF_HZ",
+        help="regenerate the bands above CUTOFF_HZ (the input's lost high frequencies), keep those below",
+    )
+    mode.add_argument("--extend", type=positive_float, metavar="SECONDS", help="continue the input by SECONDS")
     generate.set_defaults(handler=_generate)
 
     for add_commands in plugged_in_commands():
@@ -173,6 +202,7 @@ def _generate(args: argparse.Namespace) -> None:
         num_waveforms_per_prompt=args.waveforms,
         eta=args.eta,
         seed=args.seed,
+        **_audio_arguments(args),
         graphs_on_host=backend in HOST_BACKENDS,
     )
     paths = output_paths(target, request.waveforms)
@@ -193,6 +223,24 @@ def _generate(args: argparse.Namespace) -> None:
     for path in paths:
         print(f"wrote {path} ({seconds:.2f} s at {engine.sampling_rate} Hz)")
     print(f"seed {result.seed} (pass --seed {result.seed} to reproduce); {result.timings['total']:.2f} s")
+
+
+def _audio_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``Engine.request``'s audio-to-audio arguments of the command line."""
+    modes = {
+        "strength": args.strength,
+        "inpaint": args.inpaint,
+        "super_resolution": args.super_resolution,
+        "extend": args.extend,
+    }
+    given = {name: value for name, value in modes.items() if value is not None}
+    if args.input_audio is None:
+        if given:
+            raise UsageError(f"--{next(iter(given)).replace('_', '-')} needs --input-audio")
+        return {}
+    if not args.input_audio.is_file():
+        raise UsageError(f"--input-audio {args.input_audio} is not a file")
+    return {"audio": args.input_audio, **given}
 
 
 def output_paths(target: Path, count: int) -> list[Path]:

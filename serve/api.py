@@ -22,8 +22,12 @@ from audioldm_trt.engine.schedulers import SCHEDULERS
 #: A prompt longer than this many characters is refused before it is tokenized: the tokenizer's limit (512
 #: tokens for AudioLDM) is exceeded long before, and the tokenizer's work stays bounded.
 MAX_PROMPT_CHARACTERS = 2000
-#: Request bodies larger than this are refused unread: a valid body is a few hundred bytes.
-MAX_BODY_BYTES = 16 * 1024
+#: The largest input clip (``input_audio``) the server takes, as a file: a minute of 16-bit stereo 48 kHz WAV
+#: (11 MB). The engine takes at most ``MAX_INPUT_SECONDS`` (60 s) of audio, whatever the file's size.
+MAX_INPUT_AUDIO_BYTES = 12 * 1024 * 1024
+#: Request bodies larger than this are refused unread: a text-to-audio body is a few hundred bytes, one with an
+#: input clip that clip's file in base64 (4/3 of its size) more.
+MAX_BODY_BYTES = 16 * 1024 + (MAX_INPUT_AUDIO_BYTES + 2) // 3 * 4
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 #: ``Engine.request``'s arguments and the body fields they come from (the names of ``audioldm-trt generate``).
 ENGINE_ARGUMENT_FIELDS = {
@@ -36,6 +40,10 @@ ENGINE_ARGUMENT_FIELDS = {
     "eta": "eta",
     "seed": "seed",
     "scheduler": "scheduler",
+    "strength": "strength",
+    "inpaint": "inpaint",
+    "super_resolution": "super_resolution",
+    "extend": "extend",
 }
 
 
@@ -79,8 +87,33 @@ class GenerateBody(BaseModel):
     waveforms: int = Field(default=1, ge=1, description="waveforms to generate")
     format: Literal["wav", "flac"] = Field(default="wav", description="audio file format (16-bit PCM)")
     stream: bool = Field(default=False, description="answer text/event-stream: progress events, then the result")
+    input_audio: str | None = Field(
+        default=None,
+        max_length=(MAX_INPUT_AUDIO_BYTES + 2) // 3 * 4,
+        description="base64 of a WAV or FLAC file (at most 60 s and 12 MiB): the input of audio-to-audio",
+    )
+    strength: float | None = Field(
+        default=None, gt=0, le=1, description="style transfer: how much of the input is regenerated (default 0.5)"
+    )
+    inpaint: tuple[float, float] | None = Field(
+        default=None, description="[start, end] seconds of the input to regenerate; the rest is kept"
+    )
+    super_resolution: float | None = Field(
+        default=None, gt=0, description="regenerate the bands above this frequency (Hz), keep those below"
+    )
+    extend: float | None = Field(default=None, gt=0, description="continue the input by this many seconds")
 
-    @field_validator("duration", "guidance", "eta")
+    @field_validator("input_audio")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except ValueError:
+                raise ValueError("must be a file in base64") from None
+        return value
+
+    @field_validator("duration", "guidance", "eta", "strength", "super_resolution", "extend")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
@@ -112,7 +145,10 @@ class GenerateBody(BaseModel):
 
     def engine_arguments(self) -> dict[str, Any]:
         """The ``Engine.request`` arguments of this body."""
-        return {argument: getattr(self, name) for argument, name in ENGINE_ARGUMENT_FIELDS.items()}
+        arguments = {argument: getattr(self, name) for argument, name in ENGINE_ARGUMENT_FIELDS.items()}
+        if self.input_audio is not None:
+            arguments["audio"] = base64.b64decode(self.input_audio)
+        return arguments
 
 
 def validation_message(error: ValidationError) -> str:

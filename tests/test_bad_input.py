@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 
 from audioldm_trt.engine import Engine, EngineDirectoryError
 from audioldm_trt.engine.backends import Graph
@@ -232,7 +233,19 @@ def test_manifest_records_what_the_runtime_needs(tiny: ModelUnderTest) -> None:
     assert model["vae_scale_factor"] == 2 and model["latent_channels"] == 4 and model["mel_bins"] == 16
     assert model["embedding_dim"] == 16 and model["tokenizer_max_length"] == 512
     assert manifest["scheduler"]["_class_name"] == "DDIMScheduler"
-    assert set(manifest["graphs"]) == {"text_encoder", "unet", "vae_decoder", "vocoder"}
+    assert set(manifest["graphs"]) == {"text_encoder", "unet", "vae_decoder", "vocoder", "vae_encoder"}
+    assert manifest["graphs"]["vae_encoder"]["inputs"]["mel"]["shape"] == ["batch", 1, "frames", 16]
+    assert manifest["graphs"]["vae_encoder"]["outputs"]["posterior"]["shape"] == ["batch", 8, "height", 8]
+    # AudioLDM's front-end at this model's rate, hop and mel bins
+    assert manifest["mel"] == {
+        "sampling_rate": 16000,
+        "filter_length": 1024,
+        "hop_length": 160,
+        "win_length": 1024,
+        "n_mels": 16,
+        "fmin": 0.0,
+        "fmax": 8000.0,
+    }
     assert manifest["graphs"]["unet"]["inputs"]["sample"]["shape"] == ["batch", 4, "height", 8]
     assert {"unet.onnx", "tokenizer/vocab.json"} <= set(manifest["files"])
     assert {"torch", "diffusers", "onnx"} <= set(manifest["versions"])
@@ -245,3 +258,96 @@ def test_prompts_longer_than_the_model_reads_are_named(tiny: ModelUnderTest) -> 
         tiny.engine.check_prompt_lengths("a dog " * 300)
     with pytest.raises(ValueError, match=r"^negative_prompt: 23 tokens is more than the model reads \(16\)$"):
         tiny.engine.check_prompt_lengths("a", "noise " * 20)
+
+
+def _wav(path: Path, seconds: float, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 200 * t), rate)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"audio": b"not audio"}, "^input_audio: cannot read audio"),
+        ({"audio": "/no/such/file.wav"}, "^input_audio: cannot read audio"),
+        ({"audio": "empty"}, "^input_audio: the audio holds no samples$"),
+        ({"audio": "long"}, r"^input_audio: 61.0 s is longer than the 60 s allowed$"),
+        ({"strength": 0.0}, r"^strength must be in \(0, 1\], got 0.0$"),
+        ({"strength": 1.5}, r"^strength must be in \(0, 1\]"),
+        ({"strength": float("nan")}, "^strength must be finite"),
+        ({"strength": 0.05, "num_inference_steps": 10}, "^strength 0.05 at 10 steps leaves no step to run"),
+        ({"inpaint": (0.5, 0.2)}, r"^inpaint: the span 0.5-0.2 s is not inside the clip \(0-1.00 s\)$"),
+        ({"inpaint": (0.5, 1.5)}, "^inpaint: the span 0.5-1.5 s is not inside the clip"),
+        ({"inpaint": (0.5,)}, r"^inpaint must be \(start, end\) in seconds"),
+        ({"super_resolution": 8000.0}, "^super_resolution: the cutoff must be between 0 and 8000 Hz, got 8000.0$"),
+        ({"super_resolution": -1.0}, "^super_resolution: the cutoff"),
+        ({"extend": 0.0}, "^extend must be a positive number of seconds"),
+        ({"extend": 0.5, "audio_length_in_s": 0.8}, r"^extend: the output \(0.8 s\) must be longer than the input"),
+        ({"inpaint": (0.1, 0.2), "extend": 1.0}, "^pass at most one of inpaint, super_resolution and extend"),
+        ({"posterior": "mode"}, "^posterior must be 'sample' or 'mean'"),
+        ({"audio": None, "strength": 0.5}, "^strength, inpaint, super_resolution and extend need an input audio$"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_bad_audio_input_is_a_value_error_before_any_graph_runs(
+    tiny: ModelUnderTest, tmp_path: Path, kwargs: dict[str, Any], needle: str
+) -> None:
+    clips = {
+        "clip": _wav(tmp_path / "clip.wav", 1.0),
+        "empty": _wav(tmp_path / "empty.wav", 0.0),
+        "long": _wav(tmp_path / "long.wav", 61.0, rate=1000),
+    }
+    engine = Engine.load(tiny.export, backend="onnxruntime-cpu", verify=False)
+    engine._graphs = {name: _CountingGraph(graph) for name, graph in engine._graphs.items()}
+    _CountingGraph.calls = 0
+    arguments = {"prompt": "a dog", "audio": clips["clip"], **kwargs}
+    if isinstance(arguments["audio"], str) and arguments["audio"] in clips:
+        arguments["audio"] = clips[arguments["audio"]]
+    with pytest.raises(ValueError, match=needle):
+        engine.generate(**arguments)
+    assert _CountingGraph.calls == 0
+
+
+def test_an_export_without_the_encoder_says_how_to_get_it(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """Exports made before audio-to-audio load and run text-to-audio; audio input names the fix."""
+    import dataclasses
+
+    from audioldm_trt.engine.manifest import Manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny.export, old)
+    manifest = Manifest.load(old)
+    graphs = {name: spec for name, spec in manifest.graphs.items() if name != "vae_encoder"}
+    files = {name: record for name, record in manifest.files.items() if not name.startswith("vae_encoder")}
+    dataclasses.replace(manifest, graphs=graphs, files=files, mel=None).save(old)
+    engine = Engine.load(old, backend="onnxruntime-cpu")
+    with pytest.raises(ValueError, match=r"^this export has no VAE encoder.*export the model again"):
+        engine.generate("a dog", audio=_wav(tmp_path / "clip.wav", 1.0))
+    assert engine.generate("a dog", audio_length_in_s=0.5, num_inference_steps=2).shape == (1, 8000)
+
+
+@pytest.mark.parametrize(
+    ("flags", "status", "needle"),
+    [
+        (["--strength", "1.5"], 2, "strength must be in (0, 1]"),
+        (["--inpaint", "0.5"], 2, "--inpaint: expected START:END in seconds"),
+        (["--inpaint", "0.2:3"], 2, "inpaint: the span 0.2-3.0 s is not inside the clip"),
+        (["--super-resolution", "9000"], 2, "super_resolution: the cutoff must be between 0 and 8000 Hz"),
+        (["--strength", "0.5", "--extend", "1"], 2, "not allowed with argument"),
+        (["--input-audio", "missing.wav"], 2, "--input-audio missing.wav is not a file"),
+        (["--input-audio", "bad.wav"], 2, "input_audio: cannot read audio"),
+    ],
+)
+def test_bad_audio_flags_exit_2(
+    tiny: ModelUnderTest, tmp_path: Path, flags: list[str], status: int, needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _wav(tmp_path / "clip.wav", 1.0)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF nonsense")
+    given = [] if "--input-audio" in flags else ["--input-audio", "clip.wav"]
+    result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", "x.wav", *given, *flags)
+    _assert_one_line_error(result, status, needle)
+    assert not (tmp_path / "x.wav").exists()
+    result = run_cli("generate", "a dog", "--engine", str(tiny.export), "--output", "x.wav", "--extend", "1")
+    _assert_one_line_error(result, 2, "--extend needs --input-audio")

@@ -6,10 +6,12 @@ half-way through, and finish at different iterations. Batched kernels may round 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 
 from audioldm_trt.engine import Denoising, Engine, Generation
 
@@ -134,3 +136,31 @@ def test_a_request_that_overflows_fails_alone(tiny: ModelUnderTest) -> None:
         assert relative_difference(generation.audio, alone) < BATCH_TOLERANCE
     with pytest.raises(NonFiniteOutputError, match="unet produced NaN or infinity"):
         engine.generate(**{"audio_length_in_s": 1.0, **bad})
+
+
+def test_audio_modes_stepped_with_text_to_audio(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """Audio-to-audio requests are loop states like any other: started later in their schedule, with a mask,
+    they share UNet calls with text-to-audio requests and give the audio each gives alone."""
+    clip = tmp_path / "clip.flac"
+    t = np.arange(16000) / 16000
+    soundfile.write(clip, 0.4 * np.sin(2 * np.pi * 330 * t) * np.exp(-t), 16000)
+    requests: list[dict[str, Any]] = [
+        {"prompt": "a dog barking", "seed": 1, "num_inference_steps": 6},
+        {"prompt": "a cat", "seed": 2, "audio": clip, "strength": 0.5, "num_inference_steps": 8},
+        {
+            "prompt": "a cat",
+            "seed": 3,
+            "audio": clip,
+            "inpaint": (0.2, 0.5),
+            "scheduler": "DPMSolverMultistepScheduler",
+        },
+        {"prompt": "a cat", "seed": 4, "audio": clip, "super_resolution": 2500.0, "num_inference_steps": 5},
+        {"prompt": "a cat", "seed": 5, "audio": clip, "strength": 0.3, "scheduler": "HeunDiscreteScheduler"},
+    ]
+    engine = tiny.engine
+    batched = _batched(engine, requests, joins=[0, 0, 1, 2, 2])
+    assert [g.unet_calls for g in batched] == [6, 4, 10, 5, 5]
+    assert "vae_encoder" in batched[1].timings and "vae_encoder" not in batched[0].timings
+    for arguments, generation in zip(requests, batched, strict=True):
+        alone = _alone(engine, {**arguments, "audio_length_in_s": 1.0})
+        assert relative_difference(generation.audio, alone) < BATCH_TOLERANCE, arguments

@@ -162,3 +162,39 @@ def test_scheduler_and_its_config_from_the_command_line(tiny: ModelUnderTest, tm
     )
     expected = engine.generate("wind", num_inference_steps=6, seed=2)[0]
     assert np.abs(soundfile.read(output, dtype="float32")[0] - expected).max() < 1 / 2**14
+
+
+def test_audio_input_modes_from_the_command_line(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """``--input-audio`` with each mode writes Engine.generate's audio for the same arguments."""
+    clip = tmp_path / "in.flac"
+    t = np.arange(22050) / 22050
+    soundfile.write(clip, np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], axis=1) * 0.3, 22050)
+    modes = [
+        (["--strength", "0.6"], {"strength": 0.6}),
+        (["--inpaint", "0.2:0.6"], {"inpaint": (0.2, 0.6)}),
+        (["--super-resolution", "3000"], {"super_resolution": 3000.0}),
+        (["--extend", "0.5"], {"extend": 0.5}),
+    ]
+    for flags, kwargs in modes:
+        output = tmp_path / "out.wav"
+        result = run_cli(
+            "generate",
+            "a dog",
+            "--engine",
+            str(tiny.export),
+            "--output",
+            str(output),
+            "--input-audio",
+            str(clip),
+            "--seed",
+            "3",
+            "--steps",
+            "4",
+            *flags,
+        )
+        assert result.returncode == 0, result.stderr
+        audio, rate = soundfile.read(output, dtype="float32")
+        assert rate == 16000
+        expected = tiny.engine.generate("a dog", seed=3, num_inference_steps=4, audio=clip, **kwargs)[0]
+        assert audio.shape == expected.shape == (int((1.0 + kwargs.get("extend", 0.0)) * 16000),)
+        assert np.abs(audio - expected).max() < 1 / 2**14  # 16-bit PCM quantisation

@@ -28,6 +28,7 @@ import pytest
 import soundfile
 
 from audioldm_trt.engine import Engine
+from audioldm_trt.serve.api import MAX_BODY_BYTES
 from audioldm_trt.serve.ingress import READINESS_TTL_SECONDS
 
 from conftest import ModelUnderTest
@@ -325,6 +326,11 @@ def test_stream_sends_progress_then_the_result(server: Server, expected: list[np
         ({"prompt": "a", "stream": "true"}, "stream: Input should be a valid boolean"),
         ({"prompt": "a", "waveforms": True}, "waveforms: Input should be a valid integer"),
         ({"prompt": " \t "}, "prompt: must not be empty or only whitespace"),
+        ({"prompt": "a", "input_audio": "!!"}, "input_audio: must be a file in base64"),
+        ({"prompt": "a", "input_audio": "bm90IGF1ZGlv"}, "input_audio: cannot read audio"),
+        ({"prompt": "a", "strength": 0.5}, "strength, inpaint, super_resolution and extend need an input audio"),
+        ({"prompt": "a", "strength": 1.5}, "strength: Input should be less than or equal to 1"),
+        ({"prompt": "a", "inpaint": [0.5]}, "inpaint"),
     ],
     ids=lambda v: str(v)[:30],
 )
@@ -336,9 +342,56 @@ def test_bad_fields_are_422_naming_the_field(server: Server, body: dict[str, Any
 
 
 def test_a_body_over_the_limit_is_413(server: Server) -> None:
-    answer = server.post(b'{"prompt": "' + b"a" * 20000 + b'"}')
-    assert answer.status == 413
-    assert answer.json()["error"] == "body: 20014 bytes is larger than the limit of 16384 bytes"
+    """Refused on its declared length, unread: the limit leaves room for a 12 MiB input clip in base64."""
+    size = MAX_BODY_BYTES + 1
+    connection = socket.create_connection(("127.0.0.1", server.port))
+    connection.sendall(
+        b"POST /v1/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {size}\r\n\r\n".encode()
+        + b'{"prompt": "'
+    )
+    answer = until(connection, b'bytes"}')
+    connection.close()
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert f"body: {size} bytes is larger than the limit of {MAX_BODY_BYTES} bytes".encode() in answer
+    assert MAX_BODY_BYTES > 16 * 1024 * 1024
+
+
+def _clip(seconds: float = 1.0) -> bytes:
+    t = np.arange(int(seconds * 16000)) / 16000
+    buffer = io.BytesIO()
+    soundfile.write(buffer, 0.4 * np.sin(2 * np.pi * 330 * t) * np.exp(-t), 16000, format="FLAC")
+    return buffer.getvalue()
+
+
+def test_audio_modes_batched_with_text_to_audio(server: Server, tiny: ModelUnderTest) -> None:
+    """Style transfer, inpainting, super-resolution and continuation sent at once with a text-to-audio request
+    of the same length: the server steps them together, and each answer is its own Engine.generate's audio."""
+    clip = _clip()
+    given = {"input_audio": base64.b64encode(clip).decode()}
+    requests = [
+        ({"prompt": "a dog barking", "duration": 1.0, "steps": 6, "seed": 1}, {}),
+        ({"prompt": "a cat", "steps": 6, "seed": 7, **given, "strength": 0.5}, {"audio": clip, "strength": 0.5}),
+        (
+            {"prompt": "a cat", "steps": 6, "seed": 8, **given, "inpaint": [0.2, 0.5]},
+            {"audio": clip, "inpaint": (0.2, 0.5)},
+        ),
+        (
+            {"prompt": "a cat", "steps": 6, "seed": 9, **given, "super_resolution": 3000.0},
+            {"audio": clip, "super_resolution": 3000.0},
+        ),
+        ({"prompt": "a cat", "steps": 6, "seed": 10, **given, "extend": 0.5}, {"audio": clip, "extend": 0.5}),
+    ]
+    expected = [reference(tiny, body, extra) for body, extra in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda pair: server.post(pair[0]), requests))
+    for answer, audio in zip(answers, expected, strict=True):
+        assert answer.status == 200, answer.body
+        (served,) = [base64.b64decode(data) for data in answer.json()["audio"]]
+        assert_same_audio(served, audio[0])
+    assert decoded(base64.b64decode(answers[-1].json()["audio"][0])).shape == (24000,)
+    # the modes are not the same audio
+    assert np.abs(pcm16(expected[1][0]) - pcm16(expected[2][0])).max() > 100
 
 
 def test_raw_audio_of_several_waveforms_is_422(server: Server) -> None:
