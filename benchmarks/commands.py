@@ -50,6 +50,49 @@ def add_commands(
     )
     bench.set_defaults(handler=_bench)
     _add_load_tests(commands, common)
+    _add_audio_bench(commands, common)
+
+
+def _add_audio_bench(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    audio = commands.add_parser(
+        "bench-audio",
+        parents=[common],
+        help="time style transfer against text-to-audio at the same steps on one export (the encoder's share)",
+    )
+    audio.add_argument("--engine", type=Path, required=True, help="directory written by `audioldm-trt export`")
+    audio.add_argument("--backend", default="auto", help="what runs the graphs (default auto)")
+    audio.add_argument("--duration", type=positive_float, default=5.0, help="seconds of audio (default 5)")
+    audio.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
+    audio.add_argument("--strength", type=finite_float, default=0.5, help="style transfer strength (default 0.5)")
+    audio.add_argument("--guidance", type=finite_float, default=2.5, help="guidance scale (default 2.5)")
+    audio.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
+    audio.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
+    audio.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
+    audio.add_argument("--input-audio", type=Path, help="input clip (default: a synthetic one of --duration)")
+    audio.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
+    audio.set_defaults(handler=_bench_audio)
+
+
+def _bench_audio(args: argparse.Namespace) -> None:
+    from . import audio_to_audio
+
+    settings = audio_to_audio.Settings(
+        engine=args.engine,
+        backend=args.backend,
+        duration=args.duration,
+        steps=args.steps,
+        strength=args.strength,
+        guidance=args.guidance,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        input_audio=args.input_audio,
+    )
+    record = audio_to_audio.run_benchmark(settings)
+    print(audio_to_audio.table(record))
+    print(f"wrote {audio_to_audio.write(record, args.output)}")
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -212,6 +212,11 @@ class Manifest:
         text = json.dumps(data | {SELF_DIGEST: _content_digest(data)}, indent=2)
         Path(directory, MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
 
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """The export's graphs, in pipeline order: GRAPH_NAMES and the optional ones it has."""
+        return GRAPH_NAMES + tuple(name for name in OPTIONAL_GRAPHS if name in self.graphs)
+
     def graph_files(self, graph: str) -> list[str]:
         """The files of a graph: the graph itself and, where it has one, the file of its weights."""
         file = self.graphs[graph].file

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .audio import AudioInput
-from .manifest import Manifest
+from .audio import MAX_INPUT_SECONDS, band_mask, log_mel, read_audio, resample
+from .manifest import Manifest, ModelSpec
 from .memory import check_fits
 from .random import check_seed, fresh_seed
 from .schedulers import Scheduler, scheduler_class
+from .schedulers.base import strength_start
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,112 @@ class SchedulerChoice:
         scheduler = self.type(self.config)
         scheduler.set_timesteps(num_inference_steps)
         return scheduler
+
+
+@dataclass(frozen=True, eq=False)
+class AudioInput:
+    """What an audio-to-audio request starts from, checked: the encoder's input, where the run starts, and
+    which latents it regenerates. The loop (``Denoising``) draws the posterior sample and the noise."""
+
+    #: (1, 1, frames, mel bins) float32: the log-mel spectrogram of the input, fitted to the output's frames.
+    mel: np.ndarray
+    #: The index in the scheduler's timesteps the run starts at (diffusers' img2img start for the strength).
+    begin_index: int
+    strength: float
+    #: (1, 1, height, width) float32, 1 where the run regenerates the latents and 0 where it keeps the input's
+    #: (noised to each step); None for style transfer, which regenerates everything.
+    mask: np.ndarray | None
+    #: "sample" (diffusers' ``latent_dist.sample(generator)``) or "mean" of the VAE posterior.
+    posterior: str
+    #: The VAE's scaling factor, which the posterior's latents are multiplied by.
+    scaling_factor: float
+
+    @classmethod
+    def create(
+        cls,
+        manifest: Manifest,
+        source: str | Path | bytes,
+        num_inference_steps: int,
+        order: int,
+        audio_length_in_s: float | None,
+        strength: float | None = None,
+        inpaint: tuple[float, float] | None = None,
+        super_resolution: float | None = None,
+        extend: float | None = None,
+        posterior: str = "sample",
+    ) -> tuple[AudioInput, float]:
+        """The checked input of one mode and the output's length in seconds: the input's (plus ``extend``)
+        unless ``audio_length_in_s`` is given, which cuts the input or pads it with silence. ValueError naming
+        the argument for anything wrong, before any graph runs."""
+        mel_spec = manifest.mel
+        if mel_spec is None or "vae_encoder" not in manifest.graphs:
+            raise ValueError(
+                "this export has no VAE encoder, which audio input needs: export the model again with"
+                " `audioldm-trt export` (this version adds it)"
+            )
+        modes = [
+            name
+            for name, value in (("inpaint", inpaint), ("super_resolution", super_resolution), ("extend", extend))
+            if value is not None
+        ]
+        if len(modes) > 1:
+            raise ValueError(f"pass at most one of inpaint, super_resolution and extend, got {', '.join(modes)}")
+        if posterior not in ("sample", "mean"):
+            raise ValueError(f"posterior must be 'sample' or 'mean', got {posterior!r}")
+        default_strength = 0.5 if not modes else 1.0
+        strength = default_strength if strength is None else finite(strength, "strength")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if int(num_inference_steps * strength) < 1:  # diffusers' img2img runs int(steps * strength) steps
+            raise ValueError(
+                f"strength {strength} at {num_inference_steps} steps leaves no step to run: raise the strength or"
+                " the steps"
+            )
+        waveform, rate = read_audio(source)
+        seconds = len(waveform) / rate
+        if seconds > MAX_INPUT_SECONDS:
+            raise ValueError(f"input_audio: {seconds:.1f} s is longer than the {MAX_INPUT_SECONDS:.0f} s allowed")
+        model = manifest.model
+        if extend is not None:
+            extend = finite(extend, "extend")
+            if extend <= 0:
+                raise ValueError(f"extend must be a positive number of seconds, got {extend}")
+        length = seconds + (extend or 0.0) if audio_length_in_s is None else audio_length_in_s
+        _check_length(model, length)
+        height = model.latent_height(length)
+        frames = height * model.vae_scale_factor
+        mel = log_mel(resample(waveform, rate, mel_spec.sampling_rate), mel_spec, frames)
+        rows_per_second = 1 / (model.seconds_per_frame * model.vae_scale_factor)
+        mask = None
+        if inpaint is not None:
+            start, end = _span(inpaint, min(seconds, length))
+            mask = np.zeros((1, 1, height, model.latent_width), np.float32)
+            mask[:, :, math.floor(start * rows_per_second) : math.ceil(end * rows_per_second)] = 1.0
+        elif extend is not None:
+            if seconds >= length:
+                raise ValueError(f"extend: the output ({length} s) must be longer than the input ({seconds:.2f} s)")
+            mask = np.zeros((1, 1, height, model.latent_width), np.float32)
+            mask[:, :, math.floor(seconds * rows_per_second) :] = 1.0
+        elif super_resolution is not None:
+            cutoff = finite(super_resolution, "super_resolution")
+            if not 0 < cutoff < mel_spec.fmax:
+                raise ValueError(
+                    f"super_resolution: the cutoff must be between 0 and {mel_spec.fmax:.0f} Hz, got {cutoff}"
+                )
+            mask = band_mask(cutoff, mel_spec, model.vae_scale_factor, height)
+        begin = strength_start(num_inference_steps, strength, order)
+        audio = cls(mel[np.newaxis, np.newaxis], begin, strength, mask, posterior, model.vae_scaling_factor)
+        return audio, length
+
+
+def _span(span: tuple[float, float], seconds: float) -> tuple[float, float]:
+    """An inpainting span (start, end) in seconds, inside the clip."""
+    if not isinstance(span, (tuple, list)) or len(span) != 2:
+        raise ValueError(f"inpaint must be (start, end) in seconds, got {span!r}")
+    start, end = (finite(value, "inpaint") for value in span)
+    if not 0 <= start < end <= seconds:
+        raise ValueError(f"inpaint: the span {start}-{end} s is not inside the clip (0-{seconds:.2f} s)")
+    return start, end
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,10 +272,7 @@ class GenerationRequest:
             )
         elif any(value is not None for value in (strength, inpaint, super_resolution, extend)):
             raise ValueError("strength, inpaint, super_resolution and extend need an input audio")
-        if length < model.min_audio_length_in_s:
-            raise ValueError(
-                f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
-            )
+        _check_length(model, length)
         shape = (count * waveforms, model.latent_channels, model.latent_height(length), model.latent_width)
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)
@@ -197,6 +301,13 @@ class GenerationRequest:
         )
         check_fits(manifest, request.waveforms, request.latent_height, request.guided, graphs_on_host)
         return request
+
+
+def _check_length(model: ModelSpec, length: float) -> None:
+    if length < model.min_audio_length_in_s:
+        raise ValueError(
+            f"audio_length_in_s must be at least {model.min_audio_length_in_s} s for this model, got {length}"
+        )
 
 
 def prompt_list(prompt: str | Sequence[str], name: str) -> tuple[str, ...]:

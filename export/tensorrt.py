@@ -37,7 +37,7 @@ from ..engine.backends.tensorrt import (
 )
 from ..engine.errors import BackendUnavailableError, EngineError
 from ..engine.files import write_atomically
-from ..engine.manifest import GRAPH_NAMES, GraphSpec, Manifest
+from ..engine.manifest import GraphSpec, Manifest
 from .lint import lint_export
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def build_engines(
     cache = directory / ENGINE_DIRECTORY / f"timing-{version}-sm{device.compute_capability}.cache"
     shapes = ranges.input_shapes(manifest)
     written = []
-    for graph in GRAPH_NAMES:
+    for graph in manifest.graph_names:
         record = _record(graph, manifest, version, device, ranges, shapes[graph])
         engine, record_path = engine_paths(directory, graph)
         if not force and _up_to_date(record, engine, record_path):

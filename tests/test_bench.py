@@ -109,3 +109,27 @@ def test_on_a_gpu_the_fp32_export_is_the_quality_reference(tiny: ModelUnderTest)
         assert row["quality_reference"] == "audioldm-trt onnxruntime-cuda-fp32"
         assert 0 < row["quality"]["relative_max_difference"] < 0.2 and row["quality"]["snr_db"] > 10
     assert "| audioldm-trt onnxruntime-cuda (fp16) | audioldm-trt onnxruntime-cuda-fp32 |" in markdown(record)
+
+
+def test_bench_audio_times_style_transfer_beside_text_to_audio(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """``audioldm-trt bench-audio`` on the tiny export: both sides timed, half the UNet calls at strength 0.5."""
+    result = run_cli(
+        "bench-audio",
+        "--engine",
+        str(tiny.export),
+        "--duration",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--output",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "style transfer takes" in result.stdout and "VAE encoder is" in result.stdout
+    record = json.loads((tmp_path / "audio-to-audio.json").read_text())
+    medians = record["medians"]
+    assert medians["text_to_audio"]["unet_calls"] == 10 and medians["style_transfer"]["unet_calls"] == 5
+    assert medians["text_to_audio"]["vae_encoder"] == 0 < medians["style_transfer"]["vae_encoder"]
+    assert 0 < record["encoder_share"] < 1

@@ -65,6 +65,7 @@ def test_fp32_override_is_recorded_per_graph(fp16_exports: dict[str, Path]) -> N
         "unet": "fp16",
         "vae_decoder": "fp16",
         "vocoder": "fp32",
+        "vae_encoder": "fp16",
     }
 
 

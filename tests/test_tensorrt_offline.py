@@ -263,7 +263,9 @@ def test_exported_graphs_use_only_what_tensorrt_imports(
 ) -> None:
     exports = [m.export for m in models.values()] + list(fp16_exports.values())
     for export in exports:
-        assert lint_export(export, Manifest.load(export)) == {graph: [] for graph in GRAPH_NAMES}, export
+        manifest = Manifest.load(export)
+        assert "vae_encoder" in manifest.graph_names
+        assert lint_export(export, manifest) == {graph: [] for graph in manifest.graph_names}, export
     usage = graph_usage(onnx.load(str(fp16_exports["tiny"] / "unet.onnx")))
     assert usage.opsets["ai.onnx"] == 17
     assert {"FLOAT", "FLOAT16", "INT64"} <= set(usage.tensor_types.values())
@@ -406,11 +408,14 @@ def test_build_sets_profiles_for_the_networks_inputs(
     trt, _ = standin
     manifest = Manifest.load(export_copy)
     written = build_engines(export_copy, requests=3, progress=False)
-    assert [path.name for path in written] == [f"{graph}.engine" for graph in GRAPH_NAMES]
+    assert [path.name for path in written] == [f"{graph}.engine" for graph in (*GRAPH_NAMES, "vae_encoder")]
     profiles = dict(trt.profiles)
     assert {graph: set(shapes) for graph, shapes in profiles.items()} == {
-        graph: set(manifest.graphs[graph].inputs) for graph in GRAPH_NAMES
+        graph: set(manifest.graphs[graph].inputs) for graph in manifest.graph_names
     }
+    # The VAE encoder takes one input clip per call, as long as the decoder's spectrograms.
+    assert [shape[0] for shape in profiles["vae_encoder"]["mel"]] == [1, 1, 1]
+    assert [shape[2] for shape in profiles["vae_encoder"]["mel"]] == [shape[1] for shape in profiles["vocoder"]["mel"]]
     # A server batching 3 generations of up to 4 waveforms: 24 UNet rows (guidance doubles them), 12 decoded.
     assert profiles["unet"]["sample"][2][0] == profiles["text_encoder"]["input_ids"][2][0] == 2 * 4 * 3
     assert profiles["vae_decoder"]["latents"][2][0] == profiles["vocoder"]["mel"][2][0] == 4 * 3

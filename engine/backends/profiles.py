@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..errors import EngineError
-from ..manifest import GRAPH_NAMES, Manifest, ModelSpec
+from ..manifest import Manifest, ModelSpec
 
 T = TypeVar("T", int, float)
 Shape = tuple[int, ...]
@@ -132,6 +132,11 @@ class BuildRanges:
                 "batch": decoded,
                 "frames": Range(*(h * model.vae_scale_factor for h in height.as_list())),
             },
+            # one input clip per call (``Engine.start`` encodes each audio request alone)
+            "vae_encoder": {
+                "batch": Range(1, 1, 1),
+                "frames": Range(*(h * model.vae_scale_factor for h in height.as_list())),
+            },
         }
 
     def input_shapes(self, manifest: Manifest) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
@@ -142,7 +147,7 @@ class BuildRanges:
                 name: _shape_range(graph, name, spec.shape, dimensions[graph])
                 for name, spec in manifest.graphs[graph].inputs.items()
             }
-            for graph in GRAPH_NAMES
+            for graph in manifest.graph_names
         }
 
     def check(self, model: ModelSpec, waveforms: int, latent_height: int, directory: Path) -> None:
