@@ -366,7 +366,8 @@ def _clip(seconds: float = 1.0) -> bytes:
 
 def test_audio_modes_batched_with_text_to_audio(server: Server, tiny: ModelUnderTest) -> None:
     """Style transfer, inpainting, super-resolution and continuation sent at once with a text-to-audio request
-    of the same length: the server steps them together, and each answer is its own Engine.generate's audio."""
+    of the same length: each answer is its own Engine.generate's audio. (This CPU server's policy, least-work,
+    runs one request per call; tests/test_serve_loop.py fills calls with these modes and text-to-audio.)"""
     clip = _clip()
     given = {"input_audio": base64.b64encode(clip).decode()}
     requests = [
@@ -383,8 +384,12 @@ def test_audio_modes_batched_with_text_to_audio(server: Server, tiny: ModelUnder
         ({"prompt": "a cat", "steps": 6, "seed": 10, **given, "extend": 0.5}, {"audio": clip, "extend": 0.5}),
     ]
     expected = [reference(tiny, body, extra) for body, extra in requests]
+    before = server.metrics()
     with ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(lambda pair: server.post(pair[0]), requests))
+    after = server.metrics(fresh=True)
+    # each request's UNet calls went through the step loop (strength 0.5: 3 of 6)
+    assert after["audioldm_batch_size_sum"] - before["audioldm_batch_size_sum"] == 6 + 3 + 6 + 6 + 6
     for answer, audio in zip(answers, expected, strict=True):
         assert answer.status == 200, answer.body
         (served,) = [base64.b64decode(data) for data in answer.json()["audio"]]

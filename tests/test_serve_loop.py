@@ -8,10 +8,12 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 
 from audioldm_trt.engine import Engine
 from audioldm_trt.serve.loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop
@@ -102,6 +104,34 @@ def test_each_request_gets_its_own_audio_whatever_shares_its_calls(
         assert max(c.requests for c in calls) > 1  # it did batch across requests
     else:
         assert all(c.requests == 1 for c in calls)
+
+
+def test_audio_modes_share_filled_calls_with_text_to_audio(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """Style transfer (starting later in its schedule), inpainting and super-resolution (masked) are loop states
+    like text-to-audio's: the fill policy puts them in the same UNet calls, and each gets its own audio."""
+    clip = tmp_path / "clip.wav"
+    t = np.arange(16000) / 16000
+    soundfile.write(clip, 0.4 * np.sin(2 * np.pi * 330 * t) * np.exp(-t), 16000)
+    requests: list[dict[str, Any]] = [
+        {"prompt": "a dog barking", "audio_length_in_s": 1.0, "num_inference_steps": 8, "seed": 1},
+        {"prompt": "a cat", "audio": clip, "strength": 0.5, "num_inference_steps": 8, "seed": 2},
+        {"prompt": "a cat", "audio": clip, "inpaint": (0.2, 0.5), "num_inference_steps": 8, "seed": 3},
+        {"prompt": "a cat", "audio": clip, "super_resolution": 3000.0, "num_inference_steps": 8, "seed": 4},
+    ]
+    expected = [reference_audio(tiny, arguments) for arguments in requests]
+    calls: list[CallRecord] = []
+    loop = StepLoop(tiny.engine, Fill(max_requests=8), on_call=calls.append)
+    try:
+        submitted = [submit(loop, tiny.engine, arguments) for arguments in requests]
+        for (_, recorder), audio in zip(submitted, expected, strict=True):
+            finished = recorder.final()
+            assert isinstance(finished, Finished), finished
+            assert relative_difference(finished.generation.audio, audio) < 1e-4
+    finally:
+        loop.close()
+    assert sum(c.requests for c in calls) == 8 + 4 + 8 + 8
+    assert max(c.requests for c in calls) == 4  # all four in one call
+    assert relative_difference(expected[1], expected[2]) > 0.1
 
 
 def test_different_seeds_give_different_audio(expected: list[np.ndarray]) -> None:
