@@ -205,13 +205,13 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        progress: bool = False,
         audio: str | Path | bytes | None = None,
         strength: float | None = None,
         inpaint: tuple[float, float] | None = None,
         super_resolution: float | None = None,
         extend: float | None = None,
         posterior: str = "sample",
-        progress: bool = False,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
         request = self.request(
@@ -264,14 +264,14 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        scheduler: str | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
         audio: str | Path | bytes | None = None,
         strength: float | None = None,
         inpaint: tuple[float, float] | None = None,
         super_resolution: float | None = None,
         extend: float | None = None,
         posterior: str = "sample",
-        scheduler: str | None = None,
-        scheduler_config: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         """Check ``run``'s arguments, ValueError naming the bad one; no graph runs. ``scheduler`` (a diffusers
         class name) and ``scheduler_config`` change the engine's scheduler for this request alone."""
