@@ -220,6 +220,7 @@ class MultistepScheduler(Scheduler):
         self.model_outputs = [None] * int(self.config["solver_order"])
         self.lower_order_nums = 0
         self.step_index = None
+        self.begin_index = None  # as diffusers' set_timesteps
 
     def _spaced(self, num_inference_steps: int, last_timestep: int | None = None) -> np.ndarray:
         """The configured spacing of ``num_inference_steps`` timesteps below ``last_timestep`` (default: all)."""

@@ -144,10 +144,12 @@ class SigmaScheduler(Scheduler):
         self._step_index: int | None = None
 
     def _set_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray) -> None:
-        """Install a new schedule and ``init_noise_sigma``, the std of the initial noise, and restart."""
+        """Install a new schedule and ``init_noise_sigma``, the std of the initial noise, and restart (from the
+        first timestep, as diffusers' ``set_timesteps`` forgets the begin index)."""
         self.timesteps = timesteps
         self.sigmas = sigmas
         self._step_index = None
+        self.begin_index = None
         max_sigma = sigmas.max()
         if self.config["timestep_spacing"] not in ("linspace", "trailing"):
             max_sigma = np.sqrt(max_sigma**2 + np.float32(1.0))
