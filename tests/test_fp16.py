@@ -37,9 +37,28 @@ def test_fp16_audio_is_finite_and_close_to_fp32(
     assert relative_difference(audio, expected) < FP16_AUDIO_TOLERANCE
 
 
+def test_fp16_audio_to_audio_is_close_to_fp32(
+    model: ModelUnderTest, fp16_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """The fp16 VAE encoder in style transfer and inpainting: finite, within the fp16 bound of fp32's audio."""
+    import soundfile
+
+    rate = model.engine.sampling_rate
+    t = np.arange(rate) / rate
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, 0.3 * np.sin(2 * np.pi * 300 * t) + 0.02 * np.cos(2 * np.pi * 1700 * t), rate)
+    fp16 = Engine.load(fp16_exports[model.name], backend="onnxruntime-cpu")
+    for mode in ({"strength": 0.6}, {"inpaint": (0.2, 0.6)}):
+        kwargs = {"audio": clip, "seed": 3, "num_inference_steps": 6, **mode}
+        expected = model.engine.generate("a dog barking", **kwargs)
+        audio = fp16.generate("a dog barking", **kwargs)
+        assert np.isfinite(audio).all()
+        assert relative_difference(audio, expected) < FP16_AUDIO_TOLERANCE
+
+
 def test_fp16_graphs_hold_fp16_weights_and_fp32_islands(fp16_exports: dict[str, Path]) -> None:
     for export in fp16_exports.values():
-        for name in ("text_encoder", "unet", "vae_decoder", "vocoder"):
+        for name in ("text_encoder", "unet", "vae_decoder", "vocoder", "vae_encoder"):
             model = onnx.shape_inference.infer_shapes(onnx.load(str(export / f"{name}.onnx")))
             sizes = {TensorProto.FLOAT: 0, TensorProto.FLOAT16: 0}
             for tensor in model.graph.initializer:
