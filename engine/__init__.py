@@ -5,6 +5,7 @@ engine = Engine.load("engines/tiny")
 audio = engine.generate("a dog barking", seed=0)   # float32 (1, samples) at engine.sampling_rate
 """
 
+from .decoding import AudioChunk, Generation, Vocoding
 from .denoising import Denoising
 from .errors import (
     BackendUnavailableError,
@@ -13,10 +14,11 @@ from .errors import (
     NonFiniteOutputError,
     PartialFailureError,
 )
-from .pipeline import Engine, Generation
+from .pipeline import Engine
 from .request import GenerationRequest
 
 __all__ = [
+    "AudioChunk",
     "BackendUnavailableError",
     "Denoising",
     "Engine",
@@ -26,4 +28,5 @@ __all__ = [
     "GenerationRequest",
     "NonFiniteOutputError",
     "PartialFailureError",
+    "Vocoding",
 ]

@@ -78,6 +78,13 @@ def time_span(text: str) -> tuple[float, float]:
     return finite_float(start), finite_float(end)
 
 
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def seed_value(text: str) -> int:
     try:
         value = int(text)

@@ -31,7 +31,7 @@ from .errors import EngineDirectoryError
 
 MANIFEST_NAME = "manifest.json"
 #: 2: the fused-attention graphs ONNX Runtime runs (``onnxruntime_file``) and the activation sizes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The manifest's key for the XXH3-128 of the rest of its content (as canonical JSON): the manifest checks itself.
 SELF_DIGEST = "manifest_xxh3_128"
 #: The graphs of an export, in pipeline order.
@@ -88,6 +88,9 @@ class ModelSpec:
     sampling_rate: int
     #: HiFi-GAN's up-sampling rates; their product is the number of samples per mel frame.
     vocoder_upsample_rates: list[int]
+    #: Mel frames on each side of a span that its waveform depends on (the vocoder's receptive field): the
+    #: overlap that makes the vocoder's windows join to exactly the whole spectrogram's audio.
+    vocoder_context_frames: int
     vae_scale_factor: int
     vae_scaling_factor: float
     latent_channels: int

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from .backends import Backend, Graph, create_backend
 from .backends.base import Link
+from .decoding import AudioChunk, Generation, Vocoding, chunk_frames
 from .denoising import Denoising
 from .errors import EngineError, NonFiniteOutputError, PartialFailureError
 from .manifest import OPTIONAL_GRAPHS, Manifest
@@ -32,26 +32,14 @@ logger = logging.getLogger(__name__)
 MEL = Link("mel", "mel", squeeze=1)
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What one call produced: the audio, the seed that reproduces it, and where the time went."""
-
-    #: float32, shape (len(prompts) * num_waveforms_per_prompt, samples)
-    audio: np.ndarray
-    #: The generator seed used: the one given, or the one drawn when none was given.
-    seed: int
-    #: Seconds spent per stage: text_encoder, unet, scheduler (host work of the loop), vae_decoder, vocoder, total.
-    timings: dict[str, float] = field(default_factory=dict)
-    #: UNet calls made (second-order schedulers make two per step).
-    unet_calls: int = 0
-
-
 class Engine:
     """An exported AudioLDM model loaded on one backend; thread-safe, load once and call many times.
 
     ``run`` (and ``generate``) is one request through the four steps a server drives itself for many:
     ``request`` checks the arguments, ``start`` encodes the prompts and draws the noise, ``step`` makes one UNet
-    call for any number of requests of one latent height, ``decode`` turns finished ones into audio."""
+    call for any number of requests of one latent height, ``decode`` turns finished ones into audio. To hand
+    audio out as it is made, ``spectrogram`` and ``vocode`` replace ``decode``: the VAE decoder's call, then
+    vocoder calls over windows of the spectrogram (``stream`` is one request that way)."""
 
     def __init__(
         self,
@@ -406,6 +394,68 @@ class Engine:
             generations.append(Generation(audio=audio, seed=request.seed, timings=timings, unet_calls=state.calls_done))
         _raise_failures(failed, generations)
         return [generation for generation in generations if generation is not None]
+
+    def stream(self, request: GenerationRequest, chunk_seconds: float | None = 2.0) -> Iterator[AudioChunk]:
+        """Run a checked request alone and yield its audio in chunks of about ``chunk_seconds`` as the vocoder
+        makes them (joined in order: ``complete``'s audio, bit for bit); denoising and the VAE decoder come
+        before the first chunk."""
+        frames = chunk_frames(self.manifest.model, chunk_seconds)
+        self.backend.check_workload(request.waveforms, request.latent_height)
+        (state,) = self.start([request])
+        while not state.done:
+            self.step([state])
+        (vocoding,) = self.spectrogram([state], frames)
+        while not vocoding.done:
+            yield from self.vocode([vocoding])
+
+    def spectrogram(self, states: Sequence[Denoising], span_frames: int | None) -> list[Vocoding]:
+        """One VAE decoder call for finished ``states`` (one latent height): each one's vocoder state, its
+        spectrogram to be vocoded over spans of ``span_frames`` (``chunk_frames``; None: the whole clip at once).
+        A state whose spectrogram is not finite fails alone (PartialFailureError)."""
+        _check_batch(states, "spectrogram", done=True)
+        clock = time.perf_counter()
+        latents = _joined([state.latents for state in states]) * np.float32(1 / self.manifest.model.vae_scaling_factor)
+        mel = self._run("vae_decoder", checked=False, latents=latents)[:, 0]
+        seconds = time.perf_counter() - clock
+        vocodings: list[Vocoding | None] = []
+        failed: dict[int, NonFiniteOutputError] = {}
+        offset = 0
+        for index, state in enumerate(states):
+            own = mel[offset : offset + state.request.waveforms]
+            offset += state.request.waveforms
+            state.timings["vae_decoder"] += seconds
+            if np.isfinite(own).all():
+                vocodings.append(Vocoding(state, own, self.manifest.model, span_frames))
+            else:
+                failed[index] = self._non_finite_error("vae_decoder")
+                vocodings.append(None)
+        _raise_failures(failed, vocodings)
+        return [vocoding for vocoding in vocodings if vocoding is not None]
+
+    def vocode(self, vocodings: Sequence[Vocoding]) -> list[AudioChunk]:
+        """One vocoder call on the next window of each of ``vocodings`` (windows of one length): each one's
+        next chunk. A request whose samples are not finite fails alone (PartialFailureError)."""
+        if not vocodings or any(v.done for v in vocodings):
+            raise ValueError("vocode takes vocodings with windows left")
+        if len({v.window_frames for v in vocodings}) > 1:
+            raise ValueError("vocode batches windows of one length")
+        clock = time.perf_counter()
+        windows = [v.mel[:, slice(*v.window())] for v in vocodings]
+        waveform = self._run("vocoder", checked=False, mel=np.ascontiguousarray(_joined(windows)))
+        seconds = time.perf_counter() - clock
+        chunks: list[AudioChunk | None] = []
+        failed: dict[int, NonFiniteOutputError] = {}
+        offset = 0
+        for index, vocoding in enumerate(vocodings):
+            own = waveform[offset : offset + len(vocoding.mel)]
+            offset += len(vocoding.mel)
+            if np.isfinite(own).all():
+                chunks.append(vocoding.take(own, seconds))
+            else:
+                failed[index] = self._non_finite_error("vocoder")
+                chunks.append(None)
+        _raise_failures(failed, chunks)
+        return [chunk for chunk in chunks if chunk is not None]
 
     def close(self) -> None:
         """Free the sessions and the GPU memory now (hosts that must free the GPU; else the garbage collector

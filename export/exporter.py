@@ -43,6 +43,7 @@ from .onnx import (
     export_vae_encoder,
     export_vocoder,
     share_weights,
+    vocoder_context_frames,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def model_spec(pipe: AudioLDMPipeline) -> ModelSpec:
     return ModelSpec(
         sampling_rate=int(pipe.vocoder.config.sampling_rate),
         vocoder_upsample_rates=[int(r) for r in pipe.vocoder.config.upsample_rates],
+        vocoder_context_frames=vocoder_context_frames(pipe.vocoder),
         vae_scale_factor=vae_scale_factor,
         vae_scaling_factor=float(pipe.vae.config.scaling_factor),
         latent_channels=int(pipe.unet.config.in_channels),

@@ -124,6 +124,35 @@ class _Vocoder(torch.nn.Module):
         return torch.tanh(hidden)[:, 0, 0]
 
 
+def vocoder_context_frames(vocoder: SpeechT5HifiGan) -> int:
+    """Mel frames on each side of a span that decide its waveform: the HiFi-GAN's receptive field, walked back
+    from its last convolution (rounded up at every up-sampling), so that the engine can run the vocoder over
+    windows of a spectrogram and join exactly the audio of the whole."""
+    radius = _conv_radius(vocoder.conv_post)
+    for i in reversed(range(len(vocoder.upsampler))):
+        blocks = vocoder.resblocks[i * vocoder.num_kernels : (i + 1) * vocoder.num_kernels]
+        radius += max(
+            sum(_conv_radius(conv1) + _conv_radius(conv2) for conv1, conv2 in zip(b.convs1, b.convs2, strict=True))
+            for b in blocks
+        )
+        upsampler = vocoder.upsampler[i]
+        (kernel,), (stride,), (padding,), (dilation,) = (
+            upsampler.kernel_size,
+            upsampler.stride,
+            upsampler.padding,
+            upsampler.dilation,
+        )
+        reach = max(radius - padding + (kernel - 1) * dilation, radius + padding)
+        radius = -(-reach // stride) + 1
+    return radius + _conv_radius(vocoder.conv_pre)
+
+
+def _conv_radius(conv: torch.nn.Conv1d) -> int:
+    """Input samples on either side that one output of a stride-1 convolution reads."""
+    (kernel,), (padding,), (dilation,) = conv.kernel_size, conv.padding, conv.dilation
+    return max(padding, (kernel - 1) * dilation - padding)
+
+
 def _residual_block_2d(block: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """transformers' ``HifiGanResidualBlock.forward`` on (batch, channels, 1, time)."""
     slope = block.leaky_relu_slope

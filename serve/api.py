@@ -86,7 +86,10 @@ class GenerateBody(BaseModel):
     )
     waveforms: int = Field(default=1, ge=1, description="waveforms to generate")
     format: Literal["wav", "flac"] = Field(default="wav", description="audio file format (16-bit PCM)")
-    stream: bool = Field(default=False, description="answer text/event-stream: progress events, then the result")
+    stream: bool = Field(
+        default=False,
+        description="answer text/event-stream: progress events, audio events as the vocoder makes them, the result",
+    )
     input_audio: str | None = Field(
         default=None,
         max_length=(MAX_INPUT_AUDIO_BYTES + 2) // 3 * 4,
@@ -213,6 +216,19 @@ def encode_audio(audio: np.ndarray, sampling_rate: int, audio_format: str) -> li
         soundfile.write(buffer, waveform, sampling_rate, format=audio_format.upper(), subtype="PCM_16")
         files.append(buffer.getvalue())
     return files
+
+
+def encode_pcm16(audio: np.ndarray) -> list[str]:
+    """base64 of each waveform's little-endian 16-bit samples, converted as ``encode_audio``'s files are (the
+    same libsndfile conversion), so that streamed chunks joined are the samples of the final file."""
+    import soundfile
+
+    chunks = []
+    for waveform in audio:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, waveform, 1, format="RAW", subtype="PCM_16", endian="LITTLE")
+        chunks.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return chunks
 
 
 def base64_files(files: list[bytes]) -> list[str]:

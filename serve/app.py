@@ -9,26 +9,40 @@ import ray
 
 from .ingress import Ingress
 from .replica import EngineReplica
-from .settings import ServeSettings, replica_gpus
+from .settings import ServeSettings, replica_cpus, replica_gpus
 
 #: Calls a replica takes beyond the requests it holds: the ingress's status looks (readiness, metrics).
 STATUS_CALL_SLOTS = 4
 #: Seconds beyond the request timeout that Ray waits for a stopping replica's requests (redeploys, scale-down).
 SHUTDOWN_MARGIN_SECONDS = 10.0
+#: Seconds requests must wait beyond the target before the autoscaler adds a replica (Ray's default is 30): a
+#: replica takes about as long to load and warm up.
+UPSCALE_DELAY_SECONDS = 10.0
 
 
 def build_app(args: ServeSettings) -> Any:
     """The application for ``serve.run`` and for a Ray Serve config file (``import_path:
     audioldm_trt.serve.app:build_app``, ``args:`` the fields of ``ServeSettings``)."""
     settings = ServeSettings.model_validate(args)
+    cluster, node_cpus = _cluster_resources()
     actor = {
-        "num_cpus": 1.0 if settings.replica_cpus is None else settings.replica_cpus,
-        "num_gpus": replica_gpus(settings, ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0),
+        "num_cpus": replica_cpus(settings, cluster.get("CPU", 1.0), node_cpus),
+        "num_gpus": replica_gpus(settings, cluster.get("GPU", 0.0)),
     }
+    if settings.max_replicas is None:
+        scaling: dict[str, Any] = {"num_replicas": settings.replicas}
+    else:
+        autoscaling = {
+            "min_replicas": settings.replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.max_batch,
+            "upscale_delay_s": UPSCALE_DELAY_SECONDS,
+        }
+        scaling = {"autoscaling_config": autoscaling}
     replicas = (
         cast(Any, EngineReplica)
         .options(
-            num_replicas=settings.replicas,
+            **scaling,
             # The ingress admits the requests; the slots beyond them are for its status calls, which a full
             # replica would otherwise answer only once a request left (a busy server reported not ready).
             max_ongoing_requests=settings.replica_capacity + STATUS_CALL_SLOTS,
@@ -39,7 +53,7 @@ def build_app(args: ServeSettings) -> Any:
         )
         .bind(settings)
     )
-    total = settings.replicas * settings.replica_capacity
+    total = settings.most_replicas * settings.replica_capacity
     # The ingress answers refusals itself: it takes every request up to far past the capacity it admits.
     return (
         cast(Any, Ingress)
@@ -51,3 +65,11 @@ def build_app(args: ServeSettings) -> Any:
         )
         .bind(replicas, settings)
     )
+
+
+def _cluster_resources() -> tuple[dict[str, float], float]:
+    """The Ray cluster's resources in all, and the most CPUs of one node (none known without Ray)."""
+    if not ray.is_initialized():
+        return {}, 1.0
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return dict(ray.cluster_resources()), max((node.get("CPU", 0.0) for node in nodes), default=1.0)

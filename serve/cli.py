@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from audioldm_trt.engine.backends import BACKENDS
-from audioldm_trt.engine.cli import UsageError, import_extra, non_negative_int, positive_float, positive_int
+from audioldm_trt.engine.cli import (
+    UsageError,
+    import_extra,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from audioldm_trt.engine.decoding import chunk_frames
 from audioldm_trt.engine.manifest import Manifest
 
 from .policy import POLICIES
@@ -48,6 +56,12 @@ def add_commands(
     serve.add_argument("--port", metavar="N", type=positive_int, default=8000, help="HTTP port (default 8000)")
     serve.add_argument(
         "--replicas", metavar="N", type=positive_int, default=1, help="engine replicas, each with its own engine"
+    )
+    serve.add_argument(
+        "--max-replicas",
+        metavar="N",
+        type=positive_int,
+        help="autoscale from --replicas up to N replicas while requests wait (Ray Serve's autoscaling)",
     )
     serve.add_argument(
         "--max-batch",
@@ -106,7 +120,15 @@ def add_commands(
         "--policy",
         choices=("auto", *POLICIES),
         default="auto",
-        help="which requests share a UNet call with step batching (default auto: fill on a GPU, least-work on CPU)",
+        help="which requests share an engine call with step batching (default auto: fill on a GPU, deadline on CPU)",
+    )
+    serve.add_argument(
+        "--vocoder-chunk",
+        metavar="S",
+        type=non_negative_float,
+        default=2.0,
+        help="seconds of audio per vocoder call: other requests run between a clip's calls, and streams get audio"
+        " as it is made (default 2; 0: whole clips in one call)",
     )
     serve.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the engine files")
     serve.add_argument(
@@ -149,7 +171,7 @@ def run(args: argparse.Namespace) -> None:
         if address:
             ray.init(address=address, logging_level=level)
         else:
-            _start_local_ray(ray, max(os.cpu_count() or 1, settings.replicas), level)
+            _start_local_ray(ray, max(os.cpu_count() or 1, settings.most_replicas), level)
         handle_signals()  # again: Ray's core worker puts its own SIGTERM handler (log, then exit) in place
         try:
             application = build_app(settings)  # a GPU backend on a cluster without a GPU fails here
@@ -215,7 +237,12 @@ def _settings(args: argparse.Namespace) -> Any:
     from .ingress import read_api_key
     from .settings import ServeSettings
 
-    Manifest.load(args.engine)  # a missing or incomplete export fails now, not in every replica
+    manifest = Manifest.load(args.engine)  # a missing or incomplete export fails now, not in every replica
+    vocoder_chunk = args.vocoder_chunk or None
+    try:
+        chunk_frames(manifest.model, vocoder_chunk)
+    except ValueError as error:
+        raise UsageError(f"--vocoder-chunk: {error}") from None
     if args.api_key_file is not None:
         try:
             read_api_key(str(args.api_key_file))
@@ -228,12 +255,14 @@ def _settings(args: argparse.Namespace) -> Any:
             threads=args.threads,
             verify=not args.no_verify,
             replicas=args.replicas,
+            max_replicas=args.max_replicas,
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             request_timeout=args.request_timeout,
             stall_timeout=args.stall_timeout,
             max_duration=args.max_duration,
             max_steps=args.max_steps,
+            vocoder_chunk=vocoder_chunk,
             api_key_file=str(args.api_key_file.resolve()) if args.api_key_file else None,
             batching=args.batching,
             policy=args.policy,

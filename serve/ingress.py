@@ -1,5 +1,6 @@
 """The HTTP ingress (one replica): the API, authentication, validation of the body against the server's
-limits, admission control (429 past ``replicas x (max_batch + max_queue)`` requests held), the request timeout
+limits, admission control (429 past ``max_batch + max_queue`` requests held per live engine replica, or when
+Ray Serve's own queue limit pushes back), the request timeout
 (504), readiness (503 until an engine replica is loaded and warmed, and while the server drains), the metrics,
 and the playground's files (``serve/playground/``).
 
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import DeploymentUnavailableError, RequestCancelledError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from .api import (
@@ -171,6 +172,8 @@ class Call:
     response: DeploymentResponseGenerator[dict[str, Any]]
     #: ``time.perf_counter()`` at which the request is answered 504.
     deadline: float
+    #: What a 429 answer's Retry-After says, when Ray Serve's queue limit (``max_queued_requests``) pushes back.
+    retry_after: int = 1
     _finished: bool = field(default=False, init=False)
 
     async def accepted(self) -> None:
@@ -214,6 +217,8 @@ class Call:
         except asyncio.CancelledError:
             self.response.cancel()  # type: ignore[no-untyped-call]
             raise
+        except BackPressureError:
+            raise Refusal(429, "the engine replicas' queue is full", {"Retry-After": str(self.retry_after)}) from None
         except (RayActorError, RequestCancelledError, DeploymentUnavailableError) as error:
             logger.warning("engine replica lost during a request: %s", first_line(error))
             raise Refusal(503, "the engine replica serving this request stopped; retry") from None
@@ -276,7 +281,8 @@ class Ingress:
         self._settings = settings
         self._key = read_api_key(settings.api_key_file) if settings.api_key_file else None
         self._playground = read_playground() if settings.playground else {}
-        self._capacity = settings.replicas * settings.replica_capacity
+        #: Engine replicas that answered the last look: admission follows them (autoscaling, a replica lost).
+        self._live_replicas = 0
         self.held = 0
         self._draining = False
         self._ready_at = -math.inf
@@ -298,7 +304,7 @@ class Ingress:
         statuses = await self._replica_statuses()
         if not statuses:
             return Refusal(503, "no engine replica is loaded and warmed yet").response()
-        return JSONResponse({"status": "ready", "replicas": len(statuses), "target_replicas": self._settings.replicas})
+        return JSONResponse({"status": "ready", "replicas": len(statuses)})
 
     @app.get("/metrics", summary="Prometheus metrics of the ingress and of every engine replica")
     async def metrics_text(self) -> Response:
@@ -375,7 +381,8 @@ class Ingress:
                     body.engine_arguments(), raw_format or body.format, body.stream
                 )
                 deadline = arrived + self._settings.request_timeout
-                call = Call(cast(DeploymentResponseGenerator[dict[str, Any]], replies), deadline)
+                response = cast(DeploymentResponseGenerator[dict[str, Any]], replies)
+                call = Call(response, deadline, self._retry_after())
                 await call.accepted()
                 if body.stream:
                     events = self._stream(call, arrived, admission)
@@ -395,9 +402,13 @@ class Ingress:
             raise
 
     def _refuse_when_full(self) -> None:
-        if self.held >= self._capacity:
-            retry = max(1, math.ceil(self._seconds_per_request))
-            raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": str(retry)})
+        """429 once the live replicas hold all they take (before the first look: one replica's worth)."""
+        if self.held >= max(1, self._live_replicas) * self._settings.replica_capacity:
+            retry = str(self._retry_after())
+            raise Refusal(429, f"the queue is full ({self.held} requests)", {"Retry-After": retry})
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self._seconds_per_request))
 
     def drain(self) -> int:
         """Stop admitting: new requests get 503 with Retry-After and /readyz turns 503, while the requests held
@@ -439,6 +450,7 @@ class Ingress:
         except (TimeoutError, DeploymentUnavailableError):  # none answers in time; none is running
             answers = []
         statuses = [a for a in answers if isinstance(a, dict)]
+        self._live_replicas = len(statuses)
         self.metrics.replicas_ready.set(len(statuses))
         if statuses:
             self._ready_at = time.monotonic()
@@ -456,8 +468,8 @@ class Ingress:
         status = 499  # unless it gets further
         try:
             async for event in call.events():
-                if event["event"] == "progress":
-                    yield sse("progress", {"step": event["step"], "steps": event["steps"]})
+                if event["event"] in ("progress", "audio"):
+                    yield sse(event["event"], {key: value for key, value in event.items() if key != "event"})
                     continue
                 total = time.perf_counter() - arrived
                 self._observe(event, total)

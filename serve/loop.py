@@ -2,10 +2,11 @@
 request in flight.
 
 Each iteration: requests submitted since the last one start (one text-encoder call for all of them);
-requests whose caller went away (disconnect, timeout) leave; the policy picks the requests of the next UNet
-call (one latent height); that call is made and each chosen request's own scheduler steps; the requests that
-finished are decoded together. Every job gets exactly one final event (``Finished`` or ``Failed``), so
-nothing half-done stays in the loop and no caller waits forever.
+requests whose caller went away (disconnect, timeout) leave; the policy picks the requests of the next call,
+which share a stage and an input shape: a UNet call (each chosen request's own scheduler steps), a VAE decoder
+call (requests done denoising get their spectrograms), or a vocoder call (each gets its next chunk of audio,
+an ``Audio`` event; the last chunk finishes it). Every job gets exactly one final event (``Finished`` or
+``Failed``), so nothing half-done stays in the loop and no caller waits forever.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from audioldm_trt.engine import Denoising, Engine, Generation, GenerationRequest, PartialFailureError
+from audioldm_trt.engine import (
+    AudioChunk,
+    Denoising,
+    Engine,
+    Generation,
+    GenerationRequest,
+    PartialFailureError,
+    Vocoding,
+)
+from audioldm_trt.engine.decoding import vocoder_windows
+from audioldm_trt.engine.manifest import ModelSpec
 
-from .policy import Candidate, Policy
+from .policy import Candidate, Policy, ServiceTimes
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +42,13 @@ class Progress:
 
     call: int
     calls: int
+
+
+@dataclass(frozen=True)
+class Audio:
+    """The next chunk of the request's waveforms, as the vocoder made it."""
+
+    chunk: AudioChunk
 
 
 @dataclass(frozen=True)
@@ -50,13 +68,14 @@ class Failed:
     message: str
 
 
-Event = Progress | Finished | Failed
+Event = Progress | Audio | Finished | Failed
 
 
 @dataclass(frozen=True)
 class CallRecord:
-    """One UNet call of the loop, for the metrics."""
+    """One engine call of the loop, for the metrics."""
 
+    stage: str
     requests: int
     rows: int
     seconds: float
@@ -72,11 +91,15 @@ class Job:
         self.id = next(_ids)
         self.request = request
         self.notify = notify
-        self.admitted = time.perf_counter()
+        self.admitted = time.monotonic()
         self.first_call: float | None = None
         #: Set when the loop starts the request (its text encoding and initial noise).
         self.state: Denoising | None = None
+        #: Set when its spectrogram is made (the VAE decoder's call).
+        self.vocoding: Vocoding | None = None
         self.cancelled = False
+        #: Estimated seconds of the request alone, set when it starts (its deadline's measure).
+        self.service_seconds = 0.0
 
     @property
     def started(self) -> Denoising:
@@ -84,14 +107,29 @@ class Job:
         assert self.state is not None
         return self.state
 
-    def candidate(self) -> Candidate:
-        return Candidate(
-            id=self.id,
-            latent_height=self.request.latent_height,
-            rows=self.request.unet_rows,
-            remaining_calls=self.started.remaining_calls,
-            total_calls=self.request.unet_calls,
-        )
+    def candidate(self, times: ServiceTimes, model: ModelSpec, span_frames: int | None) -> Candidate:
+        """What the policy sees of a started request: its next call and the seconds it has left."""
+        request, state = self.request, self.started
+        height, waveforms = request.latent_height, request.waveforms
+        if self.vocoding is None:
+            spans, window = vocoder_windows(
+                model, height * model.vae_scale_factor, model.waveform_length(request.audio_length_in_s), span_frames
+            )
+            windows_left = len(spans)
+        else:
+            window, windows_left = self.vocoding.window_frames, self.vocoding.remaining_windows
+        vocoder = windows_left * times.seconds("vocoder", waveforms * window)
+        decoder = 0.0 if self.vocoding is not None else times.seconds("vae_decoder", waveforms * height)
+        unet = state.remaining_calls * times.seconds("unet", request.unet_rows * height)
+        if not state.done:
+            key, rows = ("unet", height), request.unet_rows
+        elif self.vocoding is None:
+            key, rows = ("vae_decoder", height), waveforms
+        else:
+            key, rows = ("vocoder", window), waveforms
+        if not self.service_seconds:
+            self.service_seconds = unet + decoder + vocoder
+        return Candidate(self.id, key, rows, self.admitted, self.service_seconds, unet + decoder + vocoder)
 
 
 class StepLoop:
@@ -101,14 +139,17 @@ class StepLoop:
         self,
         engine: Engine,
         policy: Policy,
+        service_times: ServiceTimes,
         on_call: Callable[[CallRecord], None] | None = None,
-        max_decode_waveforms: int | None = None,
+        span_frames: int | None = None,
     ) -> None:
-        """``max_decode_waveforms``: the most waveforms one VAE/vocoder call may take (TensorRT's profiles)."""
+        """``span_frames``: the audio of one vocoder call, in mel frames (``chunk_frames``; None: whole clips);
+        ``service_times``: the engine's speed (``measure_service_times``), refined by every call."""
         self._engine = engine
         self._policy = policy
+        self._times = service_times
         self._on_call = on_call
-        self._max_decode_waveforms = max_decode_waveforms
+        self._span_frames = span_frames
         self._wake = threading.Condition()
         self._inbox: list[Job] = []
         self._running: dict[int, Job] = {}
@@ -181,22 +222,58 @@ class StepLoop:
         self._start([job for job in new if not self._dropped(job)])
         for job in [job for job in self._running.values() if self._dropped(job)]:
             del self._running[job.id]
-        chosen_ids = {c.id for c in self._policy.choose([job.candidate() for job in self._running.values()])}
-        chosen = [job for job in self._running.values() if job.id in chosen_ids]
+        model = self._engine.manifest.model
+        candidates = [job.candidate(self._times, model, self._span_frames) for job in self._running.values()]
+        chosen = self._policy.choose(candidates, time.monotonic())
         if not chosen:
             return
-        clock = time.perf_counter()
-        stepped = self._guarded(chosen, lambda: self._engine.step([job.started for job in chosen]))
-        if self._on_call is not None and stepped:
-            rows = sum(job.request.unet_rows for job in chosen)
-            self._on_call(CallRecord(len(chosen), rows, time.perf_counter() - clock))
-        chosen = [chosen[index] for index in stepped]
-        for job in chosen:
+        jobs = [self._running[c.id] for c in chosen]
+        stage, length = chosen[0].key
+        clock = time.monotonic()
+        if stage == "unet":
+            done = self._step(jobs)
+        elif stage == "vae_decoder":
+            done = self._spectrogram(jobs)
+        else:
+            done = self._vocode(jobs)
+        seconds = time.monotonic() - clock
+        if done:
+            rows = sum(c.rows for c in chosen)
+            self._times.observe(stage, rows * length, seconds)
+            if self._on_call is not None:
+                self._on_call(CallRecord(stage, len(chosen), rows, seconds))
+
+    def _step(self, jobs: list[Job]) -> bool:
+        """One UNet call; each request that stepped hears of its progress."""
+        clock = time.monotonic()
+        stepped = self._guarded(jobs, lambda: self._engine.step([job.started for job in jobs]))
+        for index in stepped:
+            job = jobs[index]
             job.first_call = job.first_call or clock
             job.notify(Progress(job.started.calls_done, job.request.unet_calls))
-        finished = [job for job in chosen if job.started.done]
-        for group in self._decode_groups(finished):
-            self._decode(group)
+        return bool(stepped)
+
+    def _spectrogram(self, jobs: list[Job]) -> bool:
+        """One VAE decoder call for requests done denoising: their spectrograms, to be vocoded."""
+        call = lambda: self._engine.spectrogram([job.started for job in jobs], self._span_frames)  # noqa: E731
+        vocodings = self._guarded(jobs, call)
+        for index, vocoding in vocodings.items():
+            jobs[index].vocoding = vocoding
+        return bool(vocodings)
+
+    def _vocode(self, jobs: list[Job]) -> bool:
+        """One vocoder call: each request's next chunk of audio; a request with all of its audio finishes."""
+        vocodings = [job.vocoding for job in jobs if job.vocoding is not None]
+        chunks = self._guarded(jobs, lambda: self._engine.vocode(vocodings))
+        now = time.monotonic()
+        for index, chunk in chunks.items():
+            job, vocoding = jobs[index], vocodings[index]
+            job.notify(Audio(chunk))
+            if vocoding.done:
+                del self._running[job.id]
+                assert job.first_call is not None
+                job.notify(Finished(vocoding.generation(), job.first_call - job.admitted, now - job.first_call))
+        return bool(chunks)
 
     def _dropped(self, job: Job) -> bool:
         if job.cancelled:
@@ -209,29 +286,6 @@ class StepLoop:
         for index, state in self._guarded(jobs, lambda: self._engine.start([job.request for job in jobs])).items():
             jobs[index].state = state
             self._running[jobs[index].id] = jobs[index]
-
-    def _decode_groups(self, jobs: list[Job]) -> list[list[Job]]:
-        """The finished jobs in as few decoder calls as the waveform limit allows."""
-        groups: list[list[Job]] = []
-        size = 0
-        for job in jobs:
-            waveforms = job.request.waveforms
-            if not groups or (self._max_decode_waveforms is not None and size + waveforms > self._max_decode_waveforms):
-                groups.append([])
-                size = 0
-            groups[-1].append(job)
-            size += waveforms
-        return groups
-
-    def _decode(self, jobs: list[Job]) -> None:
-        generations = self._guarded(jobs, lambda: self._engine.decode([job.started for job in jobs]))
-        for job in jobs:
-            self._running.pop(job.id, None)
-        now = time.perf_counter()
-        for index, generation in generations.items():
-            job = jobs[index]
-            assert job.first_call is not None
-            job.notify(Finished(generation, job.first_call - job.admitted, now - job.first_call))
 
     def _guarded(self, jobs: Sequence[Job], call: Callable[[], Sequence[Any] | None]) -> dict[int, Any]:
         """Run an engine call for ``jobs``; what it gave for each job that did not fail, by the job's position.
@@ -256,6 +310,20 @@ class StepLoop:
     def _fail(self, job: Job, error: Exception) -> None:
         self._running.pop(job.id, None)
         job.notify(Failed(500, f"generation failed: {first_line(error)}"))
+
+
+def measure_service_times(engine: Engine) -> ServiceTimes:
+    """The engine's speed per unit of each stage, from a short generation at the model's default length; it
+    warms the engine too (the first calls allocate, and on TensorRT capture), so that no request pays for it."""
+    generation = engine.run("warm-up", num_inference_steps=2, seed=0)
+    model = engine.manifest.model
+    height = model.latent_height(model.default_audio_length_in_s)
+    units = {
+        "unet": generation.unet_calls * 2 * height,  # both sides of the default guidance
+        "vae_decoder": height,
+        "vocoder": height * model.vae_scale_factor,
+    }
+    return ServiceTimes({stage: generation.timings[stage] / units[stage] for stage in units})
 
 
 def first_line(error: BaseException) -> str:

@@ -69,6 +69,12 @@ class ReplicaMetrics:
             "audioldm_batch_size", "Requests per UNet call", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.unet_seconds = Counter("audioldm_unet_seconds", "Seconds in UNet calls", registry=self.registry)
+        self.decode_calls = Counter(
+            "audioldm_decode_calls", "VAE decoder and vocoder calls made", ["stage"], registry=self.registry
+        )
+        self.decode_seconds = Counter(
+            "audioldm_decode_seconds", "Seconds in VAE decoder and vocoder calls", ["stage"], registry=self.registry
+        )
         self.held = Gauge(
             "audioldm_replica_requests", "Requests the replica holds (in its loop or waiting)", registry=self.registry
         )

@@ -1,8 +1,8 @@
 """An engine replica (``--replicas`` of them, on any node of the cluster): an ``Engine`` and its step loop.
 
 ``generate`` validates a request with ``Engine.request`` (422 before it is queued), hands it to the loop and
-streams its events back: ``accepted`` or ``error`` first, then ``progress`` per UNet call when asked, then
-``result`` or ``error``.
+streams its events back: ``accepted`` or ``error`` first; when the client streams, ``progress`` per UNet call
+and ``audio`` per vocoder chunk (16-bit PCM, the samples of the final file); then ``result`` or ``error``.
 """
 
 import asyncio
@@ -10,12 +10,25 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 
 from audioldm_trt.engine import Engine, GenerationRequest
+from audioldm_trt.engine.decoding import chunk_frames
 
-from .api import encode_audio, http_field_names
-from .loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop, first_line
+from .api import encode_audio, encode_pcm16, http_field_names
+from .loop import (
+    Audio,
+    CallRecord,
+    Event,
+    Failed,
+    Finished,
+    Job,
+    Progress,
+    StepLoop,
+    first_line,
+    measure_service_times,
+)
 from .metrics import ReplicaMetrics
 from .policy import default_policy, make_policy
 from .settings import ServeSettings
@@ -52,7 +65,7 @@ class Ticket:
         if self.finished.is_set():  # one final event, whoever sends a second
             return
         self.events.put_nowait(event)
-        if not isinstance(event, Progress):
+        if not isinstance(event, Progress | Audio):
             self.finished.set()
 
     def batch_ended(self, batch: "asyncio.Future[Any]") -> None:
@@ -67,22 +80,27 @@ class EngineReplica:
 
     def __init__(self, settings: ServeSettings) -> None:
         self._settings = settings
-        self._engine = Engine.load(
-            settings.engine, backend=settings.backend, verify=settings.verify, threads=settings.threads
-        )
-        # The first calls allocate and (TensorRT) capture; a request should not pay for them.
-        self._engine.run("warm-up", num_inference_steps=2, seed=0)
+        # As many threads per graph call as the CPUs Ray gave the replica, so that replicas sharing a node do not
+        # oversubscribe its cores.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        threads = settings.threads or max(1, int(cpus))
+        self._engine = Engine.load(settings.engine, backend=settings.backend, verify=settings.verify, threads=threads)
+        span_frames = chunk_frames(self._engine.manifest.model, settings.vocoder_chunk)
+        service_times = measure_service_times(self._engine)
         on_gpu = runs_on_gpu(self._engine)
         name = {"none": "fifo", "request": "fill"}.get(settings.batching, settings.policy)
         name = default_policy(on_gpu) if name == "auto" else name
         # --max-batch requests per call, both sides of guidance each, within the engines' profiles (TensorRT).
         backend = self._engine.backend
         rows = [2 * settings.max_batch, backend.max_rows("unet") or 2 * settings.max_batch]
-        policy = make_policy(name, settings.max_batch, max_rows=min(rows))
+        max_rows = {
+            "unet": min(rows),
+            "vae_decoder": backend.max_rows("vae_decoder"),
+            "vocoder": backend.max_rows("vocoder"),
+        }
+        policy = make_policy(name, settings.max_batch, max_rows)
         self.metrics = ReplicaMetrics()
-        self._loop = StepLoop(
-            self._engine, policy, on_call=self._record_call, max_decode_waveforms=backend.max_rows("vae_decoder")
-        )
+        self._loop = StepLoop(self._engine, policy, service_times, on_call=self._record_call, span_frames=span_frames)
         batcher: Any = self._batch_whole_requests  # @serve.batch's wrapper, untyped
         batcher.set_max_batch_size(settings.max_batch)
         batcher.set_batch_wait_timeout_s(REQUEST_BATCH_WAIT_SECONDS)
@@ -105,7 +123,7 @@ class EngineReplica:
             raise RuntimeError(f"an engine call has not returned for {stalled:.0f} s: the engine is wedged")
 
     async def generate(
-        self, arguments: dict[str, Any], audio_format: str, progress: bool
+        self, arguments: dict[str, Any], audio_format: str, stream: bool
     ) -> AsyncIterator[dict[str, Any]]:
         try:
             self._engine.check_prompt_lengths(arguments["prompt"], arguments["negative_prompt"])
@@ -128,8 +146,12 @@ class EngineReplica:
             while True:
                 event = await ticket.events.get()
                 if isinstance(event, Progress):
-                    if progress:
+                    if stream:
                         yield {"event": "progress", "step": event.call, "steps": event.calls}
+                elif isinstance(event, Audio):
+                    if stream:
+                        for waveform, pcm16 in enumerate(encode_pcm16(event.chunk.audio)):
+                            yield {"event": "audio", "waveform": waveform, "offset": event.chunk.offset, "pcm16": pcm16}
                 elif isinstance(event, Failed):
                     yield {"event": "error", "status": event.status, "error": event.message}
                     return
@@ -169,6 +191,10 @@ class EngineReplica:
         }
 
     def _record_call(self, call: CallRecord) -> None:
+        if call.stage != "unet":
+            self.metrics.decode_calls.labels(call.stage).inc()
+            self.metrics.decode_seconds.labels(call.stage).inc(call.seconds)
+            return
         self.metrics.unet_calls.inc()
         self.metrics.unet_rows.inc(call.rows)
         self.metrics.unet_seconds.inc(call.seconds)

@@ -201,10 +201,11 @@ def expected(tiny: ModelUnderTest) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(tiny: ModelUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The one-command local server: 4 + 2 requests at once (6 answers before a 429); without the playground
-    (tests/test_playground.py drives it)."""
+    """The one-command local server: 4 + 2 requests at once (6 answers before a 429); the vocoder in windows of
+    0.3 s; without the playground (tests/test_playground.py drives it)."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
     arguments = ["--engine", str(tiny.export), "--max-batch", "4", "--max-queue", "2", "--max-duration", "6"]
+    arguments += ["--vocoder-chunk", "0.3"]
     server = Server(log, *arguments, "--max-steps", "400", "--request-timeout", "120", "--no-playground")
     try:
         server.wait_serving()
@@ -217,7 +218,7 @@ def server(tiny: ModelUnderTest, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_health_readiness_and_api_page(server: Server) -> None:
     assert server.get("/healthz").json() == {"status": "alive"}
-    assert server.get("/readyz").json() == {"status": "ready", "replicas": 1, "target_replicas": 1}
+    assert server.get("/readyz").json() == {"status": "ready", "replicas": 1}
     schema = server.get("/openapi.json").json()
     body = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["prompt"]
@@ -284,18 +285,43 @@ def test_raw_audio_answers_carry_the_seed(server: Server, expected: list[np.ndar
     assert np.array_equal(decoded(again.body), decoded(drawn.body))
 
 
+def sse_events(data: bytes) -> list[tuple[str, Any]]:
+    return [
+        (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
+        for block in data.decode().strip().split("\n\n")
+    ]
+
+
 def test_stream_sends_progress_then_the_result(server: Server, expected: list[np.ndarray]) -> None:
     body, _ = MIXED[2]  # Heun, 3 steps: 5 UNet calls
     answer = server.post({**body, "stream": True})
     assert answer.status == 200 and answer.headers["content-type"].startswith("text/event-stream")
-    events = [
-        (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
-        for block in answer.body.decode().strip().split("\n\n")
-    ]
-    assert events[:-1] == [("progress", {"step": i, "steps": 5}) for i in range(1, 6)]
+    events = sse_events(answer.body)
+    assert events[:5] == [("progress", {"step": i, "steps": 5}) for i in range(1, 6)]
+    assert {name for name, _ in events[5:-1]} == {"audio"}
     name, result = events[-1]
     assert name == "result" and result["seed"] == 3
     assert_same_audio(base64.b64decode(result["audio"][0]), expected[2][0])
+
+
+def test_streamed_audio_chunks_are_the_samples_of_the_final_file(server: Server) -> None:
+    """2 s of two waveforms in windows of 0.3 s: audio events as the vocoder makes them, each waveform's
+    chunks joined in offset order exactly the 16-bit samples of its file in the result."""
+    body = {"prompt": "a waterfall", "duration": 2.0, "steps": 3, "seed": 9, "waveforms": 2, "stream": True}
+    answer = server.post(body)
+    events = sse_events(answer.body)
+    names = [name for name, _ in events]
+    assert names[:3] == ["progress"] * 3 and names[-1] == "result" and set(names[3:-1]) == {"audio"}
+    audio_events = [data for name, data in events if name == "audio"]
+    assert len(audio_events) >= 2 * 5 and {e["waveform"] for e in audio_events} == {0, 1}
+    files = events[-1][1]["audio"]
+    for waveform, file in enumerate(files):
+        chunks = sorted((e["offset"], e["pcm16"]) for e in audio_events if e["waveform"] == waveform)
+        samples = np.concatenate([np.frombuffer(base64.b64decode(pcm), "<i2") for _, pcm in chunks])
+        offsets = [offset for offset, _ in chunks]
+        assert offsets == list(np.cumsum([0] + [len(base64.b64decode(p)) // 2 for _, p in chunks[:-1]]))
+        assert np.array_equal(samples.astype(np.int32), decoded(base64.b64decode(file)))
+    assert not np.array_equal(decoded(base64.b64decode(files[0])), decoded(base64.b64decode(files[1])))
 
 
 @pytest.mark.parametrize(
@@ -366,7 +392,7 @@ def _clip(seconds: float = 1.0) -> bytes:
 
 def test_audio_modes_batched_with_text_to_audio(server: Server, tiny: ModelUnderTest) -> None:
     """Style transfer, inpainting, super-resolution and continuation sent at once with a text-to-audio request
-    of the same length: each answer is its own Engine.generate's audio. (This CPU server's policy, least-work,
+    of the same length: each answer is its own Engine.generate's audio. (This CPU server's policy, deadline,
     runs one request per call; tests/test_serve_loop.py fills calls with these modes and text-to-audio.)"""
     clip = _clip()
     given = {"input_audio": base64.b64encode(clip).decode()}

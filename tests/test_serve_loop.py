@@ -16,8 +16,18 @@ import pytest
 import soundfile
 
 from audioldm_trt.engine import Engine
-from audioldm_trt.serve.loop import CallRecord, Event, Failed, Finished, Job, Progress, StepLoop
-from audioldm_trt.serve.policy import Candidate, Fifo, Fill, LeastWork, Policy
+from audioldm_trt.serve.loop import (
+    Audio,
+    CallRecord,
+    Event,
+    Failed,
+    Finished,
+    Job,
+    Progress,
+    StepLoop,
+    measure_service_times,
+)
+from audioldm_trt.serve.policy import Candidate, Deadline, Fifo, Fill, Policy, ServiceTimes
 
 from conftest import ModelUnderTest, relative_difference
 
@@ -55,7 +65,7 @@ class Recorder:
     def final(self, timeout: float = 120.0) -> Event:
         while True:
             event = self.events.get(timeout=timeout)
-            if not isinstance(event, Progress):
+            if not isinstance(event, Progress | Audio):
                 return event
 
 
@@ -75,16 +85,22 @@ def reference_audio(model: ModelUnderTest, arguments: dict[str, Any]) -> np.ndar
 
 
 @pytest.fixture(scope="module")
+def times(tiny: ModelUnderTest) -> ServiceTimes:
+    return measure_service_times(tiny.engine)
+
+
+@pytest.fixture(scope="module")
 def expected(tiny: ModelUnderTest) -> list[np.ndarray]:
     return [reference_audio(tiny, arguments) for arguments in MIXED_REQUESTS]
 
 
-@pytest.mark.parametrize("policy", [LeastWork(), Fill(max_requests=8), Fifo()], ids=lambda p: p.name)
+@pytest.mark.parametrize("policy", [Deadline(), Fill(max_requests=8), Fifo()], ids=lambda p: p.name)
 def test_each_request_gets_its_own_audio_whatever_shares_its_calls(
-    tiny: ModelUnderTest, expected: list[np.ndarray], policy: Policy
+    tiny: ModelUnderTest, expected: list[np.ndarray], times: ServiceTimes, policy: Policy
 ) -> None:
+    """The vocoder runs in windows of 0.3 s, interleaved with other requests' calls."""
     calls: list[CallRecord] = []
-    loop = StepLoop(tiny.engine, policy, on_call=calls.append)
+    loop = StepLoop(tiny.engine, policy, times, on_call=calls.append, span_frames=30)
     try:
         # Half arrive together, half while the first ones are under way: they join at the next call.
         first = [submit(loop, tiny.engine, arguments) for arguments in MIXED_REQUESTS[:3]]
@@ -99,14 +115,19 @@ def test_each_request_gets_its_own_audio_whatever_shares_its_calls(
     finally:
         loop.close()
     requests = [tiny.engine.request(**arguments) for arguments in MIXED_REQUESTS]
-    assert sum(c.rows for c in calls) == sum(r.unet_calls * r.unet_rows for r in requests)
+    unet_calls = [c for c in calls if c.stage == "unet"]
+    assert sum(c.rows for c in unet_calls) == sum(r.unet_calls * r.unet_rows for r in requests)
+    assert sum(c.rows for c in calls if c.stage == "vae_decoder") == sum(r.waveforms for r in requests)
+    assert len([c for c in calls if c.stage == "vocoder"]) > len(requests)  # clips of 1 s took several windows
     if isinstance(policy, Fill):
-        assert max(c.requests for c in calls) > 1  # it did batch across requests
+        assert max(c.requests for c in unet_calls) > 1  # it did batch across requests
     else:
         assert all(c.requests == 1 for c in calls)
 
 
-def test_audio_modes_share_filled_calls_with_text_to_audio(tiny: ModelUnderTest, tmp_path: Path) -> None:
+def test_audio_modes_share_filled_calls_with_text_to_audio(
+    tiny: ModelUnderTest, times: ServiceTimes, tmp_path: Path
+) -> None:
     """Style transfer (starting later in its schedule), inpainting and super-resolution (masked) are loop states
     like text-to-audio's: the fill policy puts them in the same UNet calls, and each gets its own audio."""
     clip = tmp_path / "clip.wav"
@@ -120,7 +141,7 @@ def test_audio_modes_share_filled_calls_with_text_to_audio(tiny: ModelUnderTest,
     ]
     expected = [reference_audio(tiny, arguments) for arguments in requests]
     calls: list[CallRecord] = []
-    loop = StepLoop(tiny.engine, Fill(max_requests=8), on_call=calls.append)
+    loop = StepLoop(tiny.engine, Fill(max_requests=8), times, on_call=calls.append)
     try:
         submitted = [submit(loop, tiny.engine, arguments) for arguments in requests]
         for (_, recorder), audio in zip(submitted, expected, strict=True):
@@ -129,8 +150,9 @@ def test_audio_modes_share_filled_calls_with_text_to_audio(tiny: ModelUnderTest,
             assert relative_difference(finished.generation.audio, audio) < 1e-4
     finally:
         loop.close()
-    assert sum(c.requests for c in calls) == 8 + 4 + 8 + 8
-    assert max(c.requests for c in calls) == 4  # all four in one call
+    unet_calls = [c for c in calls if c.stage == "unet"]
+    assert sum(c.requests for c in unet_calls) == 8 + 4 + 8 + 8
+    assert max(c.requests for c in unet_calls) == 4  # all four in one call
     assert relative_difference(expected[1], expected[2]) > 0.1
 
 
@@ -139,27 +161,31 @@ def test_different_seeds_give_different_audio(expected: list[np.ndarray]) -> Non
     assert relative_difference(expected[0][:, :8000], expected[1][:, :8000]) > 0.1
 
 
-def test_progress_counts_every_unet_call(tiny: ModelUnderTest) -> None:
-    loop = StepLoop(tiny.engine, LeastWork())
+def test_progress_counts_every_unet_call_and_audio_chunks_join_to_the_result(
+    tiny: ModelUnderTest, times: ServiceTimes
+) -> None:
+    loop = StepLoop(tiny.engine, Deadline(), times, span_frames=25)
     try:
         _, recorder = submit(loop, tiny.engine, {**MIXED_REQUESTS[2]})  # Heun: 2 x 3 - 1 calls
-        steps = []
-        while True:
-            event = recorder.events.get(timeout=60)
-            if not isinstance(event, Progress):
-                break
-            steps.append((event.call, event.calls))
+        events = []
+        while not isinstance(event := recorder.events.get(timeout=60), Finished | Failed):
+            events.append(event)
         assert isinstance(event, Finished)
+        steps = [(e.call, e.calls) for e in events if isinstance(e, Progress)]
         assert steps == [(i, 5) for i in range(1, 6)]
+        chunks = [e.chunk for e in events if isinstance(e, Audio)]
+        assert events[len(steps) :] == [Audio(chunk) for chunk in chunks]  # audio after the denoising
+        assert len(chunks) > 1 and [c.offset for c in chunks] == sorted(c.offset for c in chunks)
+        assert np.array_equal(np.concatenate([c.audio for c in chunks], axis=1), event.generation.audio)
     finally:
         loop.close()
 
 
 def test_a_cancelled_request_leaves_at_the_next_call_and_the_others_go_on(
-    tiny: ModelUnderTest, expected: list[np.ndarray]
+    tiny: ModelUnderTest, expected: list[np.ndarray], times: ServiceTimes
 ) -> None:
     calls: list[CallRecord] = []
-    loop = StepLoop(tiny.engine, Fill(max_requests=8), on_call=calls.append)
+    loop = StepLoop(tiny.engine, Fill(max_requests=8), times, on_call=calls.append)
     try:
         long_job, long_recorder = submit(loop, tiny.engine, {"prompt": "a long one", "num_inference_steps": 200})
         assert isinstance(long_recorder.events.get(timeout=60), Progress)  # it is under way
@@ -167,19 +193,20 @@ def test_a_cancelled_request_leaves_at_the_next_call_and_the_others_go_on(
         loop.cancel(long_job)
         failed = long_recorder.final()
         assert failed == Failed(499, "the client went away")
-        done_when_cancelled = len(calls)
+        done_when_cancelled = len([c for c in calls if c.stage == "unet"])
         finished = recorder.final()
         assert isinstance(finished, Finished)
         assert relative_difference(finished.generation.audio, expected[0]) < 1e-4
         assert loop.held() == 0
         assert long_job.state is not None and long_job.state.calls_done < 200
-        assert len(calls) - done_when_cancelled <= MIXED_REQUESTS[0]["num_inference_steps"] + 1
+        unet_calls = len([c for c in calls if c.stage == "unet"])
+        assert unet_calls - done_when_cancelled <= MIXED_REQUESTS[0]["num_inference_steps"] + 1
     finally:
         loop.close()
 
 
-def test_closing_fails_what_the_loop_holds(tiny: ModelUnderTest) -> None:
-    loop = StepLoop(tiny.engine, Fifo())
+def test_closing_fails_what_the_loop_holds(tiny: ModelUnderTest, times: ServiceTimes) -> None:
+    loop = StepLoop(tiny.engine, Fifo(), times)
     _, first = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 200})
     _, second = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 200})
     assert isinstance(first.events.get(timeout=60), Progress)
@@ -197,15 +224,17 @@ class FailsOnce(Fifo):
         super().__init__()
         self.failed = False
 
-    def choose(self, candidates: Sequence[Candidate]) -> list[Candidate]:
+    def choose(self, candidates: Sequence[Candidate], now: float) -> list[Candidate]:
         if not self.failed:
             self.failed = True
             raise RuntimeError("a bug in the policy")
-        return super().choose(candidates)
+        return super().choose(candidates, now)
 
 
-def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(tiny: ModelUnderTest) -> None:
-    loop = StepLoop(tiny.engine, FailsOnce())
+def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(
+    tiny: ModelUnderTest, times: ServiceTimes
+) -> None:
+    loop = StepLoop(tiny.engine, FailsOnce(), times)
     try:
         _, first = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
         assert first.final() == Failed(500, "the step loop failed: a bug in the policy")
@@ -217,11 +246,13 @@ def test_a_failure_inside_the_loop_answers_what_it_holds_and_the_loop_goes_on(ti
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the poison itself
-def test_a_poisoned_request_in_a_filled_batch_fails_alone(tiny: ModelUnderTest, expected: list[np.ndarray]) -> None:
+def test_a_poisoned_request_in_a_filled_batch_fails_alone(
+    tiny: ModelUnderTest, expected: list[np.ndarray], times: ServiceTimes
+) -> None:
     """``fill`` batches every request of one height into each UNet call: the one whose rows turn NaN (guidance
     past float32, which the API refuses but the engine's Python API takes) fails with 500 and a message that
     names the stage; the requests in its calls finish with their own audio."""
-    loop = StepLoop(tiny.engine, Fill(max_requests=8))
+    loop = StepLoop(tiny.engine, Fill(max_requests=8), times)
     try:
         poisoned = {**MIXED_REQUESTS[0], "prompt": "poison", "guidance_scale": 1e38, "num_inference_steps": 5}
         jobs = [submit(loop, tiny.engine, arguments) for arguments in (MIXED_REQUESTS[0], poisoned, MIXED_REQUESTS[3])]
@@ -255,10 +286,10 @@ class HangingEngine:
         self._engine.step(states)
 
 
-def test_a_hung_engine_call_shows_in_stalled_seconds(tiny: ModelUnderTest) -> None:
+def test_a_hung_engine_call_shows_in_stalled_seconds(tiny: ModelUnderTest, times: ServiceTimes) -> None:
     """What the replica's health check reads: how long the call under way has lasted, 0 between calls."""
     engine = HangingEngine(tiny.engine)
-    loop = StepLoop(engine, Fifo())  # type: ignore[arg-type]
+    loop = StepLoop(engine, Fifo(), times)  # type: ignore[arg-type]
     try:
         _, recorder = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
         assert engine.entered.wait(60)

@@ -19,7 +19,7 @@ from audioldm_trt.serve.ingress import Admission, Refusal
 from audioldm_trt.serve.loop import Failed
 from audioldm_trt.serve.metrics import IngressMetrics
 from audioldm_trt.serve.replica import Ticket
-from audioldm_trt.serve.settings import ServeSettings, replica_gpus
+from audioldm_trt.serve.settings import ServeSettings, replica_cpus, replica_gpus
 
 
 def _ingress() -> Any:
@@ -113,6 +113,29 @@ def test_a_port_whose_connections_sit_in_time_wait_can_be_served_again() -> None
 def test_gpu_placement(backend: str, replicas: int, cluster_gpus: float, given: float | None, expected: float) -> None:
     settings = ServeSettings(engine="e", backend=backend, replicas=replicas, replica_gpus=given)
     assert replica_gpus(settings, cluster_gpus) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "max_replicas", "cluster_cpus", "node_cpus", "given", "expected"),
+    [
+        (1, None, 2.0, 2.0, None, 2.0),  # one replica on a 2-core machine: both cores, as before replicas shared
+        (2, None, 2.0, 2.0, None, 1.0),
+        (1, 4, 16.0, 16.0, None, 4.0),  # room for the most replicas autoscaling may start
+        (2, None, 64.0, 8.0, None, 8.0),  # a replica's threads run on one node
+        (3, None, 2.0, 2.0, None, 1.0),  # at least one
+        (1, None, 16.0, 16.0, 0.5, 0.5),  # a config file's replica_cpus wins
+    ],
+)
+def test_cpu_placement(
+    replicas: int, max_replicas: int | None, cluster_cpus: float, node_cpus: float, given: float | None, expected: float
+) -> None:
+    settings = ServeSettings(engine="e", replicas=replicas, max_replicas=max_replicas, replica_cpus=given)
+    assert replica_cpus(settings, cluster_cpus, node_cpus) == expected
+
+
+def test_max_replicas_below_replicas_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"max_replicas \(1\) is below replicas \(2\)"):
+        ServeSettings(engine="e", replicas=2, max_replicas=1)
 
 
 def test_a_gpu_backend_on_a_cluster_without_gpus_is_refused() -> None:
