@@ -9,17 +9,20 @@ from .decoding import AudioChunk, Vocoding
 from .denoising import Denoising
 from .errors import (
     BackendUnavailableError,
+    Cancelled,
     EngineDirectoryError,
     EngineError,
     NonFiniteOutputError,
     PartialFailureError,
 )
-from .pipeline import Engine, Generation
+from .pipeline import STOP, Engine, Generation, StepCallback
 from .request import GenerationRequest
 
 __all__ = [
+    "STOP",
     "AudioChunk",
     "BackendUnavailableError",
+    "Cancelled",
     "Denoising",
     "Engine",
     "EngineDirectoryError",
@@ -28,5 +31,6 @@ __all__ = [
     "GenerationRequest",
     "NonFiniteOutputError",
     "PartialFailureError",
+    "StepCallback",
     "Vocoding",
 ]

@@ -7,9 +7,10 @@ same latents give the same audio.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,7 @@ from .backends import Backend, Graph, create_backend
 from .backends.base import Link
 from .decoding import AudioChunk, Generation, Vocoding, chunk_frames
 from .denoising import Denoising
-from .errors import EngineError, NonFiniteOutputError, PartialFailureError
+from .errors import Cancelled, EngineError, NonFiniteOutputError, PartialFailureError
 from .manifest import Manifest
 from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
@@ -29,6 +30,18 @@ logger = logging.getLogger(__name__)
 
 #: The VAE's mel (batch, 1, frames, bins) is the vocoder's input (batch, frames, bins): on a GPU it stays there.
 MEL = Link("mel", "mel", squeeze=1)
+
+
+class _Stop(enum.Enum):
+    STOP = "stop"
+
+
+#: What a step callback returns to end its request (where diffusers' callbacks set ``pipe._interrupt``).
+STOP = _Stop.STOP
+#: ``on_step(step, steps)``: called after each UNet call of a request with the call's index (from 0) and the number
+#: of calls (diffusers' ``callback_on_step_end`` without the pipeline and tensors); returning ``STOP``, or raising,
+#: ends the request with ``Cancelled``. Anything else it returns is ignored.
+StepCallback = Callable[[int, int], object]
 
 
 class Engine:
@@ -142,6 +155,7 @@ class Engine:
         latents: np.ndarray | None = None,
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
+        on_step: StepCallback | None = None,
     ) -> np.ndarray:
         """Waveforms, float32 (len(prompts) * num_waveforms_per_prompt, samples), like diffusers'
         ``AudioLDMPipeline(...).audios`` with ``generator=torch.Generator().manual_seed(seed)``."""
@@ -157,6 +171,7 @@ class Engine:
             latents=latents,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
+            on_step=on_step,
         ).audio
 
     def run(
@@ -173,6 +188,7 @@ class Engine:
         prompt_embeds: np.ndarray | None = None,
         negative_prompt_embeds: np.ndarray | None = None,
         progress: bool = False,
+        on_step: StepCallback | None = None,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
         request = self.request(
@@ -188,10 +204,13 @@ class Engine:
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
         )
-        return self.complete(request, progress)
+        return self.complete(request, progress, on_step)
 
-    def complete(self, request: GenerationRequest, progress: bool = False) -> Generation:
-        """Run a checked request to its audio, alone: ``start``, ``step`` until done, ``decode``."""
+    def complete(
+        self, request: GenerationRequest, progress: bool = False, on_step: StepCallback | None = None
+    ) -> Generation:
+        """Run a checked request to its audio, alone: ``start``, ``step`` until done (``on_step`` after each),
+        ``decode``."""
         self.backend.check_workload(request.waveforms, request.latent_height)
         (state,) = self.start([request])
         bar = _progress_bar(state.calls_total, progress)
@@ -200,6 +219,8 @@ class Engine:
                 self.step([state])
                 if bar is not None:
                     bar.update()
+                if on_step is not None:
+                    _call_on_step(on_step, state)
         finally:
             if bar is not None:
                 bar.close()
@@ -476,6 +497,19 @@ def _raise_failures(failed: dict[int, NonFiniteOutputError], results: Sequence[o
     if len(results) == 1:
         raise failed[0]
     raise PartialFailureError(failed, list(results))
+
+
+def _call_on_step(on_step: StepCallback, state: Denoising) -> None:
+    """Cancelled where the callback returns STOP or raises (its exception chained): the request ends here."""
+    done, total = state.calls_done, state.calls_total
+    try:
+        stop = on_step(done - 1, total) is STOP
+    except Cancelled:
+        raise
+    except Exception as error:
+        raise Cancelled(f"the step callback raised {type(error).__name__} after UNet call {done} of {total}") from error
+    if stop:
+        raise Cancelled(f"stopped by the step callback after UNet call {done} of {total}")
 
 
 def _check_batch(states: Sequence[Denoising], call: str, done: bool) -> None:
