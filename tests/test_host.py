@@ -2,8 +2,8 @@
 find_package and pkg-config, called from the C++ demo host, from C programs and from a Python host, in their own
 processes, with the real embedded interpreter and engine.
 
-CFLAGS and CXXFLAGS reach the builds: CFLAGS=-fsanitize=address CXXFLAGS=-fsanitize=address runs these tests
-under AddressSanitizer (with LD_PRELOAD=libasan.so and ASAN_OPTIONS=detect_leaks=0 for the Python processes)."""
+CFLAGS and CXXFLAGS reach the builds: CFLAGS=-fsanitize=address CXXFLAGS=-fsanitize=address (with
+ASAN_OPTIONS=detect_leaks=0: the interpreter is never finalised) runs these tests under AddressSanitizer."""
 
 from __future__ import annotations
 
@@ -62,6 +62,17 @@ def host_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = run(command)
         assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
     return build
+
+
+def loading_later() -> dict[str, str]:
+    """The environment of a process that dlopens the library: under AddressSanitizer its runtime must come first,
+    and libstdc++ with it (its __cxa_throw interceptor fails when libstdc++ arrives with a later dlopen)."""
+    if "-fsanitize=address" not in os.environ.get("CXXFLAGS", ""):
+        return dict(os.environ)
+    libraries = (
+        run([os.environ.get("CC", "cc"), f"-print-file-name={name}"]) for name in ("libasan.so", "libstdc++.so.6")
+    )
+    return {**os.environ, "LD_PRELOAD": " ".join(library.stdout.strip() for library in libraries)}
 
 
 def reported_lines(stdout: str) -> dict[str, tuple[int, str]]:
@@ -425,7 +436,7 @@ def test_a_python_host_whose_threads_hold_the_gil_calls_in_first(
     still references it."""
     script = tmp_path / "python_host.py"
     script.write_text(PYTHON_HOST)
-    result = run([sys.executable, script, host_build / "libaudioldm_trt.so", tiny.export])
+    result = run([sys.executable, script, host_build / "libaudioldm_trt.so", tiny.export], env=loading_later())
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"statuses {[STATUS['OK']] * 4}", "closed 4 of 4"]
 
@@ -504,6 +515,6 @@ def test_the_readme_shows_the_consumer_the_tests_build() -> None:
 def test_a_host_that_loads_the_library_with_rtld_local(tiny: ModelUnderTest, host_build: Path) -> None:
     """FFIs (C#, Java, Swift, Python's ctypes) dlopen the library with RTLD_LOCAL, which hides libpython's
     symbols from the extension modules the engine imports unless the library exposes them."""
-    result = run([host_build / "check-dlopen", host_build / "libaudioldm_trt.so", tiny.export])
+    result = run([host_build / "check-dlopen", host_build / "libaudioldm_trt.so", tiny.export], env=loading_later())
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{STATUS['OK']}\t\n"
