@@ -211,6 +211,8 @@ class Engine:
     ) -> Generation:
         """Run a checked request to its audio, alone: ``start``, ``step`` until done (``on_step`` after each),
         ``decode``."""
+        if on_step is not None and not callable(on_step):  # refused before any graph runs, not as a cancellation
+            raise ValueError(f"on_step must be callable, got {type(on_step).__name__}")
         self.backend.check_workload(request.waveforms, request.latent_height)
         (state,) = self.start([request])
         bar = _progress_bar(state.calls_total, progress)

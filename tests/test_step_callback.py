@@ -64,3 +64,8 @@ def test_cancelled_raised_by_on_step_passes_as_it_is(tiny: ModelUnderTest) -> No
 
     with pytest.raises(Cancelled, match=r"^the user pressed stop$"):
         tiny.engine.generate(**ARGUMENTS, on_step=refuse)
+
+
+def test_an_on_step_that_cannot_be_called_is_a_bad_argument(tiny: ModelUnderTest) -> None:
+    with pytest.raises(ValueError, match=r"^on_step must be callable, got int$"):
+        tiny.engine.generate(**ARGUMENTS, on_step=5)  # type: ignore[arg-type]
