@@ -5,7 +5,7 @@ engine = Engine.load("engines/tiny")
 audio = engine.generate("a dog barking", seed=0)   # float32 (1, samples) at engine.sampling_rate
 """
 
-from .decoding import AudioChunk, Vocoding
+from .decoding import AudioChunk, Generation, Vocoding
 from .denoising import Denoising
 from .errors import (
     BackendUnavailableError,
@@ -15,7 +15,7 @@ from .errors import (
     NonFiniteOutputError,
     PartialFailureError,
 )
-from .pipeline import STOP, Engine, Generation, StepCallback
+from .pipeline import STOP, Engine, StepCallback
 from .request import GenerationRequest
 
 __all__ = [
