@@ -360,7 +360,7 @@ def test_the_interpreter_is_the_one_asked_for_and_its_versions_are_checked(host_
     bare = make_venv(tmp_path / "bare")
     other_python = make_venv(tmp_path / "other-python")
     config = other_python.parents[1] / "pyvenv.cfg"
-    config.write_text(re.sub(r"(?m)^version = .*$", "version = 3.99.0", config.read_text()))
+    config.write_text(re.sub(r"(?m)^(version(?:_info)?) = .*$", r"\1 = 3.99.0", config.read_text()))
     other_release = make_venv(tmp_path / "other-release")
     metadata = site_packages(tmp_path / "other-release") / "audioldm_trt-9.0.0.dist-info"
     metadata.mkdir()
