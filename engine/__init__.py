@@ -9,17 +9,20 @@ from .decoding import AudioChunk, Generation, Vocoding
 from .denoising import Denoising
 from .errors import (
     BackendUnavailableError,
+    Cancelled,
     EngineDirectoryError,
     EngineError,
     NonFiniteOutputError,
     PartialFailureError,
 )
-from .pipeline import Engine
+from .pipeline import STOP, Engine, StepCallback
 from .request import GenerationRequest
 
 __all__ = [
+    "STOP",
     "AudioChunk",
     "BackendUnavailableError",
+    "Cancelled",
     "Denoising",
     "Engine",
     "EngineDirectoryError",
@@ -28,5 +31,6 @@ __all__ = [
     "GenerationRequest",
     "NonFiniteOutputError",
     "PartialFailureError",
+    "StepCallback",
     "Vocoding",
 ]

@@ -19,6 +19,10 @@ class NonFiniteOutputError(EngineError, RuntimeError):
     """A stage produced NaN or infinity, typically fp16 overflow; the message names the stage."""
 
 
+class Cancelled(EngineError):
+    """A step callback asked to stop its request (returned ``STOP`` or raised, the cause chained): no audio."""
+
+
 class PartialFailureError(NonFiniteOutputError):
     """A call batched for several requests gave NaN or infinity in the rows of some of them: those failed (each
     with its own error, by position in the call's list), the others went on. ``results``: what ``start`` or

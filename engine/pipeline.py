@@ -7,10 +7,11 @@ same latents give the same audio.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,7 @@ from .backends import Backend, Graph, create_backend
 from .backends.base import Link
 from .decoding import AudioChunk, Generation, Vocoding, chunk_frames
 from .denoising import Denoising
-from .errors import EngineError, NonFiniteOutputError, PartialFailureError
+from .errors import Cancelled, EngineError, NonFiniteOutputError, PartialFailureError
 from .manifest import OPTIONAL_GRAPHS, Manifest
 from .request import GenerationRequest, SchedulerChoice, positive_int, prompt_list
 from .tokenizer import PromptTokenizer
@@ -30,6 +31,18 @@ logger = logging.getLogger(__name__)
 
 #: The VAE's mel (batch, 1, frames, bins) is the vocoder's input (batch, frames, bins): on a GPU it stays there.
 MEL = Link("mel", "mel", squeeze=1)
+
+
+class _Stop(enum.Enum):
+    STOP = "stop"
+
+
+#: What a step callback returns to end its request (where diffusers' callbacks set ``pipe._interrupt``).
+STOP = _Stop.STOP
+#: ``on_step(step, steps)``: called after each UNet call of a request with the call's index (from 0) and the number
+#: of calls (diffusers' ``callback_on_step_end`` without the pipeline and tensors); returning ``STOP``, or raising,
+#: ends the request with ``Cancelled``. Anything else it returns is ignored.
+StepCallback = Callable[[int, int], object]
 
 
 class Engine:
@@ -150,6 +163,7 @@ class Engine:
         super_resolution: float | None = None,
         extend: float | None = None,
         posterior: str = "sample",
+        on_step: StepCallback | None = None,
     ) -> np.ndarray:
         """Waveforms, float32 (len(prompts) * num_waveforms_per_prompt, samples), like diffusers'
         ``AudioLDMPipeline(...).audios`` with ``generator=torch.Generator().manual_seed(seed)``.
@@ -178,6 +192,7 @@ class Engine:
             super_resolution=super_resolution,
             extend=extend,
             posterior=posterior,
+            on_step=on_step,
         ).audio
 
     def run(
@@ -200,6 +215,7 @@ class Engine:
         super_resolution: float | None = None,
         extend: float | None = None,
         posterior: str = "sample",
+        on_step: StepCallback | None = None,
     ) -> Generation:
         """``generate``, returning the seed used and per-stage timings too; ``progress`` shows a step bar."""
         request = self.request(
@@ -221,10 +237,20 @@ class Engine:
             extend=extend,
             posterior=posterior,
         )
-        return self.complete(request, progress)
+        return self.complete(request, progress, on_step)
 
-    def complete(self, request: GenerationRequest, progress: bool = False) -> Generation:
-        """Run a checked request to its audio, alone: ``start``, ``step`` until done, ``decode``."""
+    def complete(
+        self, request: GenerationRequest, progress: bool = False, on_step: StepCallback | None = None
+    ) -> Generation:
+        """Run a checked request to its audio, alone: ``start``, ``step`` until done (``on_step`` after each),
+        ``decode``."""
+        (generation,) = self.decode([self._denoise_alone(request, progress, on_step)])
+        return generation
+
+    def _denoise_alone(self, request: GenerationRequest, progress: bool, on_step: StepCallback | None) -> Denoising:
+        """``start`` and ``step`` one request until its latents are done (``on_step`` after each UNet call)."""
+        if on_step is not None and not callable(on_step):  # refused before any graph runs, not as a cancellation
+            raise ValueError(f"on_step must be callable, got {type(on_step).__name__}")
         self.backend.check_workload(request.waveforms, request.latent_height)
         (state,) = self.start([request])
         bar = _progress_bar(state.calls_total, progress)
@@ -233,11 +259,12 @@ class Engine:
                 self.step([state])
                 if bar is not None:
                     bar.update()
+                if on_step is not None:
+                    _call_on_step(on_step, state)
         finally:
             if bar is not None:
                 bar.close()
-        (generation,) = self.decode([state])
-        return generation
+        return state
 
     def request(
         self,
@@ -395,16 +422,14 @@ class Engine:
         _raise_failures(failed, generations)
         return [generation for generation in generations if generation is not None]
 
-    def stream(self, request: GenerationRequest, chunk_seconds: float | None = 2.0) -> Iterator[AudioChunk]:
+    def stream(
+        self, request: GenerationRequest, chunk_seconds: float | None = 2.0, on_step: StepCallback | None = None
+    ) -> Iterator[AudioChunk]:
         """Run a checked request alone and yield its audio in chunks of about ``chunk_seconds`` as the vocoder
-        makes them (joined in order: ``complete``'s audio, bit for bit); denoising and the VAE decoder come
-        before the first chunk."""
+        makes them (joined in order: ``complete``'s audio, bit for bit); denoising (``on_step`` after each UNet
+        call, as in ``complete``) and the VAE decoder come before the first chunk."""
         frames = chunk_frames(self.manifest.model, chunk_seconds)
-        self.backend.check_workload(request.waveforms, request.latent_height)
-        (state,) = self.start([request])
-        while not state.done:
-            self.step([state])
-        (vocoding,) = self.spectrogram([state], frames)
+        (vocoding,) = self.spectrogram([self._denoise_alone(request, False, on_step)], frames)
         while not vocoding.done:
             yield from self.vocode([vocoding])
 
@@ -542,6 +567,19 @@ def _raise_failures(failed: dict[int, NonFiniteOutputError], results: Sequence[o
     if len(results) == 1:
         raise failed[0]
     raise PartialFailureError(failed, list(results))
+
+
+def _call_on_step(on_step: StepCallback, state: Denoising) -> None:
+    """Cancelled where the callback returns STOP or raises (its exception chained): the request ends here."""
+    done, total = state.calls_done, state.calls_total
+    try:
+        stop = on_step(done - 1, total) is STOP
+    except Cancelled:
+        raise
+    except Exception as error:
+        raise Cancelled(f"the step callback raised {type(error).__name__} after UNet call {done} of {total}") from error
+    if stop:
+        raise Cancelled(f"stopped by the step callback after UNet call {done} of {total}")
 
 
 def _check_batch(states: Sequence[Denoising], call: str, done: bool) -> None:

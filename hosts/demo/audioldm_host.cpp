@@ -1,10 +1,10 @@
 // audioldm-host: a C++ host of the audioldm-trt C API, writing what `audioldm-trt generate` writes.
 //
 //   audioldm-host --engine DIR --prompt P --output F.wav [--seed S] [--duration D] [--steps N] [--guidance G]
-//                 [--negative-prompt P] [--scheduler NAME] [--backend B] [--threads N]
+//                 [--negative-prompt P] [--scheduler NAME] [--backend B] [--threads N] [--precision P]
 //
-// Exit status: 0 on success, 2 for a bad command line or argument, 1 for any other failure; each error is one
-// line on stderr.
+// Exit status: 0 on success, 2 for a bad command line or argument, 130 when interrupted (SIGINT cancels the
+// generation and nothing is written), 1 for any other failure; each error is one line on stderr.
 
 #include "audioldm_trt.h"
 
@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
@@ -24,7 +25,15 @@ namespace {
 
 const char *const usage =
     "usage: audioldm-host --engine DIR --prompt P --output F.wav [--seed S] [--duration D] [--steps N] "
-    "[--guidance G] [--negative-prompt P] [--scheduler NAME] [--backend B] [--threads N]";
+    "[--guidance G] [--negative-prompt P] [--scheduler NAME] [--backend B] [--threads N] [--precision P]";
+
+/// Set by SIGINT and read by the progress callback between UNet calls: an interrupt at any time before the last
+/// one cancels the generation, and nothing is written.
+volatile std::sig_atomic_t interrupted = 0;
+
+extern "C" void interrupt(int) { interrupted = 1; }
+
+int stop_when_interrupted(void *, int, int) { return interrupted; }
 
 struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -64,7 +73,8 @@ uint64_t seed(const std::string &text) {
 /// --option value pairs; each option at most once.
 std::map<std::string, std::string> parse(int argc, char **argv) {
     static const char *const known[] = {"--engine", "--prompt", "--output", "--seed", "--duration", "--steps",
-                                        "--guidance", "--negative-prompt", "--scheduler", "--backend", "--threads"};
+                                        "--guidance", "--negative-prompt", "--scheduler", "--backend", "--threads",
+                                        "--precision"};
     std::map<std::string, std::string> options;
     for (int i = 1; i < argc; i += 2) {
         std::string option = argv[i];
@@ -92,7 +102,7 @@ std::map<std::string, std::string> parse(int argc, char **argv) {
 int fail(audioldm_trt_status status, char *message) {
     std::fprintf(stderr, "audioldm-host: error: %s\n", message != nullptr ? message : "out of memory");
     audioldm_trt_string_free(message);
-    return status == AUDIOLDM_TRT_INVALID_ARGUMENT ? 2 : 1;
+    return status == AUDIOLDM_TRT_INVALID_ARGUMENT ? 2 : status == AUDIOLDM_TRT_CANCELLED ? 130 : 1;
 }
 
 }  // namespace
@@ -100,8 +110,9 @@ int fail(audioldm_trt_status status, char *message) {
 int main(int argc, char **argv) {
     std::map<std::string, std::string> options;
     audioldm_trt_generate_params params;
-    audioldm_trt_generate_params_init(&params);
-    int threads = 0;
+    audioldm_trt_generate_params_init(&params, sizeof params);
+    audioldm_trt_load_params load;
+    audioldm_trt_load_params_init(&load, sizeof load);
     try {
         options = parse(argc, argv);
         if (options.count("--seed") != 0) {
@@ -111,7 +122,7 @@ int main(int argc, char **argv) {
         if (options.count("--duration") != 0) params.duration_s = finite_double("--duration", options["--duration"]);
         if (options.count("--steps") != 0) params.steps = positive_int("--steps", options["--steps"]);
         if (options.count("--guidance") != 0) params.guidance = finite_double("--guidance", options["--guidance"]);
-        if (options.count("--threads") != 0) threads = positive_int("--threads", options["--threads"]);
+        if (options.count("--threads") != 0) load.threads = positive_int("--threads", options["--threads"]);
     } catch (const UsageError &error) {
         std::fprintf(stderr, "audioldm-host: %s\n", error.what());
         return 2;
@@ -119,15 +130,20 @@ int main(int argc, char **argv) {
     params.prompt = options["--prompt"].c_str();
     if (options.count("--negative-prompt") != 0) params.negative_prompt = options["--negative-prompt"].c_str();
     auto optional = [&](const char *name) { return options.count(name) != 0 ? options[name].c_str() : nullptr; };
+    load.backend = optional("--backend");
+    load.scheduler = optional("--scheduler");
+    load.precision = optional("--precision");
 
     char *error = nullptr;
     audioldm_trt_engine *loaded = nullptr;
-    audioldm_trt_status status = audioldm_trt_engine_load(options["--engine"].c_str(), optional("--backend"),
-                                                          optional("--scheduler"), threads, &loaded, &error);
+    audioldm_trt_status status = audioldm_trt_engine_load(options["--engine"].c_str(), &load, &loaded, &error);
     if (status != AUDIOLDM_TRT_OK) return fail(status, error);
     std::unique_ptr<audioldm_trt_engine, decltype(&audioldm_trt_engine_free)> engine(loaded,
                                                                                      &audioldm_trt_engine_free);
+    std::signal(SIGINT, interrupt);
+    params.progress = stop_when_interrupted;
     std::printf("running on %s\n", audioldm_trt_engine_backend(engine.get()));
+    std::fflush(stdout);
 
     float *samples = nullptr;
     size_t waveforms = 0;

@@ -12,8 +12,12 @@
 #include <pybind11/numpy.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -31,6 +35,7 @@ struct audioldm_trt_engine {
     py::object engine;  // an audioldm_trt.engine.Engine; released with the GIL held
     int sampling_rate;
     std::string backend;
+    std::atomic<uint64_t> cancels{0};  // audioldm_trt_cancel's count: a generation stops when it changes
 };
 
 namespace {
@@ -49,6 +54,7 @@ struct Python {
     py::object write_audio_files;
     py::object audio_formats;
     py::object path_class;
+    py::object cancelled;
     py::object engine_directory_error;
     py::object backend_unavailable_error;
     py::object non_finite_output_error;
@@ -57,30 +63,38 @@ struct Python {
     py::object import_error;
 };
 
-std::mutex start_mutex;
-Python *python = nullptr;        // set once the interpreter runs and the engine is imported
-std::string started_as;          // the python_executable the interpreter was started as
-std::string start_failure;       // why the interpreter could not start; repeated to every later call
+std::mutex start_mutex;              // taken only by threads that do not hold the GIL
+std::atomic<Python *> python{nullptr};  // set once the interpreter runs and the engine is imported
+std::string started_as;              // the python_executable the interpreter was started as
+std::string start_failure;           // why the interpreter could not start; repeated to every later call
 
 std::string first_line(const std::string &text) { return text.substr(0, text.find('\n')); }
 
-audioldm_trt_status classify(const Python &py_objects, const py::handle &value) {
+audioldm_trt_status classify(const Python &objects, const py::handle &value) {
     auto is = [&](const py::object &type) { return PyObject_IsInstance(value.ptr(), type.ptr()) == 1; };
     // Most specific first: EngineDirectoryError is also a ValueError.
-    if (is(py_objects.engine_directory_error)) return AUDIOLDM_TRT_ENGINE_DIRECTORY;
-    if (is(py_objects.backend_unavailable_error)) return AUDIOLDM_TRT_BACKEND_UNAVAILABLE;
-    if (is(py_objects.non_finite_output_error)) return AUDIOLDM_TRT_NON_FINITE_OUTPUT;
-    if (is(py_objects.value_error)) return AUDIOLDM_TRT_INVALID_ARGUMENT;
-    if (is(py_objects.os_error)) return AUDIOLDM_TRT_IO_ERROR;
-    if (is(py_objects.import_error)) return AUDIOLDM_TRT_PYTHON_ERROR;
+    if (is(objects.cancelled)) return AUDIOLDM_TRT_CANCELLED;
+    if (is(objects.engine_directory_error)) return AUDIOLDM_TRT_ENGINE_DIRECTORY;
+    if (is(objects.backend_unavailable_error)) return AUDIOLDM_TRT_BACKEND_UNAVAILABLE;
+    if (is(objects.non_finite_output_error)) return AUDIOLDM_TRT_NON_FINITE_OUTPUT;
+    if (is(objects.value_error)) return AUDIOLDM_TRT_INVALID_ARGUMENT;
+    if (is(objects.os_error)) return AUDIOLDM_TRT_IO_ERROR;
+    if (is(objects.import_error)) return AUDIOLDM_TRT_PYTHON_ERROR;
     return AUDIOLDM_TRT_FAILED;
 }
 
-/// The exception's message as the command line prints it: its first line, or its type's name if it has none.
+/// The exception as "Type: first line of its message" (the type alone if it has no message): the type says
+/// what failed where the message alone would not (a KeyError's message is just the key).
 std::string describe(const py::error_already_set &error) {
+    std::string type = py::str(error.type().attr("__qualname__"));
     std::string text = py::str(error.value());
-    if (text.empty()) return py::str(error.type().attr("__name__"));
-    return first_line(text);
+    return text.empty() ? type : type + ": " + first_line(text);
+}
+
+/// The first two numbers of a version such as "3.11.7" or "0.1.0.dev1", as "3.11".
+std::string major_minor(const std::string &version) {
+    size_t first = version.find('.');
+    return version.substr(0, first == std::string::npos ? first : version.find_first_of(".+-", first + 1));
 }
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -92,30 +106,95 @@ void expose_libpython_symbols() {
         dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
     }
 }
+
+/// bin/python of the prefix this library is installed in: a virtual environment that `cmake --install
+/// --prefix VENV` put it into.
+std::string python_beside_library() {
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void *>(&audioldm_trt_version), &info) == 0 || info.dli_fname == nullptr) return "";
+    auto prefix = std::filesystem::path(info.dli_fname).parent_path() / AUDIOLDM_TRT_LIBDIR_TO_PREFIX;
+    return (prefix.lexically_normal() / "bin" / "python").string();
+}
+
+bool executable(const std::string &file) { return access(file.c_str(), X_OK) == 0; }
 #else
 void expose_libpython_symbols() {}
+std::string python_beside_library() { return ""; }
+bool executable(const std::string &file) { return std::filesystem::exists(file); }
 #endif
 
-void start_interpreter(const std::string &python_executable) {
-#if defined(__unix__) || defined(__APPLE__)
-    if (access(python_executable.c_str(), X_OK) != 0) {
-        throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, "python interpreter " + python_executable +
-                                                     " does not exist: pass a virtual environment's bin/python "
-                                                     "to audioldm_trt_initialize");
+/// The interpreter to start as: the host's choice (the parameter, or the environment variable it opted into),
+/// else the first of the defaults that exists.
+std::string choose_python(const audioldm_trt_init_params &params) {
+    std::string hint = ": pass a virtual environment's bin/python to audioldm_trt_initialize";
+    const char *chosen = params.python_executable;
+    if (chosen == nullptr && params.use_environment != 0) chosen = std::getenv("AUDIOLDM_TRT_PYTHON");
+    if (chosen != nullptr && *chosen != '\0') {
+        if (!executable(chosen)) {
+            throw Failure(AUDIOLDM_TRT_PYTHON_ERROR,
+                          std::string("python interpreter ") + chosen + " does not exist" + hint);
+        }
+        return chosen;
     }
-#endif
+    std::string tried;
+    for (const std::string &candidate : {python_beside_library(), std::string(AUDIOLDM_TRT_PYTHON)}) {
+        if (!candidate.empty() && executable(candidate)) return candidate;
+        if (!candidate.empty()) tried += (tried.empty() ? "" : ", ") + candidate;
+    }
+    throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, "no python interpreter found (tried " + tried + ")" + hint);
+}
+
+/// A virtual environment of another Python minor version would start with this library's standard library and
+/// miss its own site-packages: name the mismatch instead of "No module named 'audioldm_trt'".
+void check_environment_version(const std::string &python_executable) {
+    auto bin = std::filesystem::path(python_executable).parent_path();
+    for (const auto &config : {bin / "pyvenv.cfg", bin.parent_path() / "pyvenv.cfg"}) {
+        std::ifstream file(config);
+        for (std::string line; std::getline(file, line);) {
+            std::string key = line.substr(0, line.find('='));
+            key.erase(key.find_last_not_of(" \t") + 1);
+            if (key != "version" && key != "version_info") continue;
+            std::string value = line.substr(line.find('=') + 1);
+            value.erase(0, value.find_first_not_of(" \t"));
+            std::string linked = std::to_string(PY_MAJOR_VERSION) + "." + std::to_string(PY_MINOR_VERSION);
+            if (major_minor(value) != linked) {
+                throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, "the virtual environment of " + python_executable +
+                                                             " is Python " + major_minor(value) +
+                                                             ", this library links Python " + linked +
+                                                             ": build the library with that environment's python");
+            }
+            return;
+        }
+    }
+}
+
+[[noreturn]] void fail_to_configure(const PyStatus &status) {
+    throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, std::string("cannot configure Python: ") +
+                                                 (status.err_msg != nullptr ? status.err_msg : "unknown"));
+}
+
+/// An isolated interpreter unless the host opts into the environment: no PYTHON* variables, no user site,
+/// the process's locale left as the host set it (UTF-8 mode instead), no signal handlers.
+void start_interpreter(const std::string &python_executable, bool use_environment) {
+    check_environment_version(python_executable);
     expose_libpython_symbols();
+    PyPreConfig preconfig;
+    PyPreConfig_InitIsolatedConfig(&preconfig);  // configure_locale = 0: no setlocale, no LC_CTYPE coercion
+    preconfig.utf8_mode = 1;
+    preconfig.use_environment = use_environment ? 1 : 0;
+    PyStatus status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status) != 0) fail_to_configure(status);
     PyConfig config;
-    PyConfig_InitPythonConfig(&config);
+    PyConfig_InitIsolatedConfig(&config);
+    config.isolated = use_environment ? 0 : 1;
+    config.use_environment = use_environment ? 1 : 0;
     config.install_signal_handlers = 0;  // signals belong to the host
-    config.parse_argv = 0;
     // The interpreter finds its prefix from its executable: a virtual environment's bin/python gives it the
     // environment's site-packages (pyvenv.cfg beside it), as running that python would.
-    PyStatus status = PyConfig_SetBytesString(&config, &config.program_name, python_executable.c_str());
+    status = PyConfig_SetBytesString(&config, &config.program_name, python_executable.c_str());
     if (PyStatus_Exception(status) != 0) {
         PyConfig_Clear(&config);
-        throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, std::string("cannot configure Python: ") +
-                                                     (status.err_msg != nullptr ? status.err_msg : "unknown"));
+        fail_to_configure(status);
     }
     try {
         py::initialize_interpreter(&config, 0, nullptr, false);
@@ -125,7 +204,21 @@ void start_interpreter(const std::string &python_executable) {
     }
 }
 
+/// The engine's objects, imported with the GIL held, once the package is known to be this library's release.
 Python *import_engine() {
+    std::string executable = py::str(py::module_::import("sys").attr("executable"));
+    std::string package;
+    try {
+        package = py::module_::import("importlib.metadata").attr("version")("audioldm-trt").cast<std::string>();
+    } catch (const py::error_already_set &error) {
+        throw Failure(AUDIOLDM_TRT_PYTHON_ERROR,
+                      "the audioldm-trt Python package is not installed in " + executable + ": " + describe(error));
+    }
+    if (major_minor(package) != major_minor(AUDIOLDM_TRT_VERSION)) {
+        throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, "the audioldm-trt Python package in " + executable + " is " +
+                                                     package + ", this library is " AUDIOLDM_TRT_VERSION
+                                                     ": install the package and the library of one release");
+    }
     try {
         auto engine = py::module_::import("audioldm_trt.engine");
         auto cli = py::module_::import("audioldm_trt.engine.cli");
@@ -134,6 +227,7 @@ Python *import_engine() {
                           cli.attr("write_audio_files"),
                           cli.attr("AUDIO_FORMATS"),
                           py::module_::import("pathlib").attr("Path"),
+                          engine.attr("Cancelled"),
                           engine.attr("EngineDirectoryError"),
                           engine.attr("BackendUnavailableError"),
                           engine.attr("NonFiniteOutputError"),
@@ -141,50 +235,66 @@ Python *import_engine() {
                           builtins.attr("OSError"),
                           builtins.attr("ImportError")};
     } catch (const py::error_already_set &error) {
-        std::string executable = py::str(py::module_::import("sys").attr("executable"));
         throw Failure(AUDIOLDM_TRT_PYTHON_ERROR,
                       "cannot import the audioldm_trt engine in Python " + executable + ": " + describe(error));
     }
 }
 
-/// The interpreter with the engine imported, started on first use as `python_executable` (or as the one this
-/// library was built against).
-Python &start(const char *python_executable) {
+/// Imports the engine into the host's own interpreter, whose GIL this thread holds. No lock: a thread that
+/// holds the GIL and waits for a mutex deadlocks with the mutex's holder waiting for the GIL. Two threads may
+/// both import (the second finds the modules imported); the first to finish publishes its objects.
+Python &adopt_host_interpreter() {
+    py::gil_scoped_acquire gil;
+    if (python.load() == nullptr) {
+        Python *imported = import_engine();
+        Python *expected = nullptr;
+        if (!python.compare_exchange_strong(expected, imported)) delete imported;
+    }
+    return *python.load();
+}
+
+audioldm_trt_init_params default_init_params() {
+    audioldm_trt_init_params params;
+    audioldm_trt_init_params_init(&params, sizeof params);
+    return params;
+}
+
+/// The interpreter with the engine imported, started on first use as `params` say.
+Python &start(const audioldm_trt_init_params &params, bool explicit_start) {
+    if (Python *ready = python.load(); ready != nullptr && !explicit_start) return *ready;
+    if (Py_IsInitialized() != 0 && PyGILState_Check() != 0) return adopt_host_interpreter();
     std::lock_guard<std::mutex> lock(start_mutex);
-    std::string wanted = python_executable != nullptr ? python_executable : AUDIOLDM_TRT_PYTHON;
-    if (python != nullptr) {
-        if (python_executable != nullptr && !started_as.empty() && wanted != started_as) {
-            throw Failure(AUDIOLDM_TRT_INVALID_ARGUMENT, "Python already runs as " + started_as + ", not " + wanted);
+    if (Python *ready = python.load(); ready != nullptr) {
+        if (!started_as.empty() && params.python_executable != nullptr && started_as != params.python_executable) {
+            throw Failure(AUDIOLDM_TRT_INVALID_ARGUMENT,
+                          "Python already runs as " + started_as + ", not " + params.python_executable);
         }
-        return *python;
+        return *ready;
     }
     if (!start_failure.empty()) throw Failure(AUDIOLDM_TRT_PYTHON_ERROR, start_failure);
     try {
-        if (Py_IsInitialized() != 0) {  // the host runs Python itself: use its interpreter
-            py::gil_scoped_acquire gil;
-            python = import_engine();
-        } else {
-            start_interpreter(wanted);
-            started_as = wanted;
-            try {
-                python = import_engine();
-            } catch (...) {
-                PyEval_SaveThread();
-                throw;
-            }
-            PyEval_SaveThread();  // host threads take the GIL when they call in
+        if (Py_IsInitialized() != 0) return adopt_host_interpreter();  // the host runs Python itself
+        std::string executable = choose_python(params);
+        start_interpreter(executable, params.use_environment != 0);
+        started_as = executable;
+        try {
+            python.store(import_engine());
+        } catch (...) {
+            PyEval_SaveThread();
+            throw;
         }
+        PyEval_SaveThread();  // host threads take the GIL when they call in
     } catch (const Failure &failure) {
         start_failure = failure.what();
         throw;
     }
-    return *python;
+    return *python.load();
 }
 
 /// Runs `body(python)` holding the GIL; a Python exception becomes a Failure with its status.
 template <typename Body>
 auto with_python(Body &&body) -> decltype(body(std::declval<Python &>())) {
-    Python &objects = start(nullptr);
+    Python &objects = start(default_init_params(), false);
     py::gil_scoped_acquire gil;
     try {
         return body(objects);
@@ -220,6 +330,42 @@ void require(bool condition, const char *message) {
     if (!condition) throw Failure(AUDIOLDM_TRT_INVALID_ARGUMENT, message);
 }
 
+// The compatibility rule needs structs without tail padding: an older struct_size must end at a field's end.
+static_assert(sizeof(audioldm_trt_init_params) ==
+              offsetof(audioldm_trt_init_params, use_environment) + sizeof(int64_t));
+static_assert(sizeof(audioldm_trt_load_params) == offsetof(audioldm_trt_load_params, threads) + sizeof(int64_t));
+static_assert(sizeof(audioldm_trt_generate_params) ==
+              offsetof(audioldm_trt_generate_params, user_data) + sizeof(void *));
+
+/// Fills the caller's `struct_size` bytes of `params` with `defaults`.
+template <typename Params>
+void init_params(Params *params, size_t struct_size, const Params &defaults) {
+    if (params == nullptr || struct_size < sizeof(size_t)) return;
+    std::memcpy(params, &defaults, std::min(struct_size, sizeof(Params)));
+    params->struct_size = struct_size;
+}
+
+/// The caller's struct as this library knows it: fields past its struct_size at their defaults; fields past
+/// this library's must be zero (a newer host asking for what this library cannot do).
+template <typename Params>
+Params read_params(const Params *given, void (*init)(Params *, size_t), const char *name) {
+    Params params;
+    init(&params, sizeof params);
+    if (given == nullptr) return params;
+    size_t size = given->struct_size;
+    if (size < sizeof(size_t) || size > 4096) {
+        throw Failure(AUDIOLDM_TRT_INVALID_ARGUMENT, std::string(name) + ".struct_size is " + std::to_string(size) +
+                                                         ": fill the struct with " + name + "_init");
+    }
+    const auto *bytes = reinterpret_cast<const unsigned char *>(given);
+    if (size > sizeof(Params) && std::any_of(bytes + sizeof(Params), bytes + size, [](auto b) { return b != 0; })) {
+        throw Failure(AUDIOLDM_TRT_INVALID_ARGUMENT, std::string(name) + " sets fields this library (" +
+                                                         AUDIOLDM_TRT_VERSION + ") does not have");
+    }
+    std::memcpy(&params, given, std::min(size, sizeof(Params)));
+    return params;
+}
+
 /// UTF-8 text from the host as a Python str; text that is not UTF-8 is a bad argument named `what`.
 py::str text(const char *value, const char *what) {
     PyObject *decoded = PyUnicode_DecodeUTF8(value, static_cast<Py_ssize_t>(std::strlen(value)), "strict");
@@ -230,11 +376,41 @@ py::str text(const char *value, const char *what) {
     return py::reinterpret_steal<py::str>(decoded);
 }
 
+/// Optional UTF-8 text: None for NULL.
+py::object optional_text(const char *value, const char *what) {
+    return value != nullptr ? py::object(text(value, what)) : py::none();
+}
+
 /// A file system path from the host (bytes in the file system's encoding) as a pathlib.Path.
 py::object path(const Python &objects, const char *value) {
     PyObject *decoded = PyUnicode_DecodeFSDefault(value);
     if (decoded == nullptr) throw py::error_already_set();
     return objects.path_class(py::reinterpret_steal<py::str>(decoded));
+}
+
+/// Engine.run's on_step for a C caller: raises Cancelled once audioldm_trt_cancel has been called since
+/// `cancels`, or once the progress callback (called without the GIL) returns nonzero.
+py::cpp_function on_step(const Python &objects, audioldm_trt_engine *engine, uint64_t cancels,
+                         const audioldm_trt_generate_params &params) {
+    return py::cpp_function([&objects, engine, cancels, progress = params.progress,
+                             user_data = params.user_data](int step, int steps) {
+        auto stop = [&](const char *who) {
+            std::string message = std::string(who) + " stopped the generation after UNet call " +
+                                  std::to_string(step + 1) + " of " + std::to_string(steps);
+            PyErr_SetString(objects.cancelled.ptr(), message.c_str());
+            throw py::error_already_set();
+        };
+        if (engine->cancels.load() != cancels) stop("audioldm_trt_cancel");
+        if (progress != nullptr) {
+            int result = 0;
+            {
+                py::gil_scoped_release unlocked;
+                result = progress(user_data, step + 1, steps);
+            }
+            if (result != 0) stop("the progress callback");
+        }
+        if (engine->cancels.load() != cancels) stop("audioldm_trt_cancel");
+    });
 }
 
 }  // namespace
@@ -243,26 +419,45 @@ extern "C" {
 
 const char *audioldm_trt_version(void) { return AUDIOLDM_TRT_VERSION; }
 
-audioldm_trt_status audioldm_trt_initialize(const char *python_executable, char **error) {
+int audioldm_trt_version_number(void) { return AUDIOLDM_TRT_VERSION_NUMBER; }
+
+void audioldm_trt_init_params_init(audioldm_trt_init_params *params, size_t struct_size) {
+    init_params(params, struct_size, audioldm_trt_init_params{});
+}
+
+void audioldm_trt_load_params_init(audioldm_trt_load_params *params, size_t struct_size) {
+    init_params(params, struct_size, audioldm_trt_load_params{});
+}
+
+void audioldm_trt_generate_params_init(audioldm_trt_generate_params *params, size_t struct_size) {
+    audioldm_trt_generate_params defaults{};
+    defaults.steps = 10;
+    defaults.guidance = 2.5;
+    defaults.waveforms = 1;
+    init_params(params, struct_size, defaults);
+}
+
+audioldm_trt_status audioldm_trt_initialize(const audioldm_trt_init_params *params, char **error) {
     return guarded(error, [&] {
-        require(python_executable != nullptr, "python_executable is NULL");
-        start(python_executable);
+        start(read_params(params, audioldm_trt_init_params_init, "audioldm_trt_init_params"), true);
     });
 }
 
-audioldm_trt_status audioldm_trt_engine_load(const char *directory, const char *backend, const char *scheduler,
-                                             int threads, audioldm_trt_engine **engine, char **error) {
+audioldm_trt_status audioldm_trt_engine_load(const char *directory, const audioldm_trt_load_params *params,
+                                             audioldm_trt_engine **engine, char **error) {
     if (engine != nullptr) *engine = nullptr;
     return guarded(error, [&] {
         require(engine != nullptr, "engine is NULL");
         require(directory != nullptr, "directory is NULL");
-        require(threads >= 0, "threads must be 0 (one per core) or positive");
+        auto options = read_params(params, audioldm_trt_load_params_init, "audioldm_trt_load_params");
+        require(options.threads >= 0, "threads must be 0 (one per core) or positive");
         *engine = with_python([&](Python &objects) {
             py::object loaded = objects.engine_class.attr("load")(
-                path(objects, directory), py::arg("backend") = backend != nullptr ? text(backend, "backend")
-                                                                                   : py::str("auto"),
-                py::arg("scheduler") = scheduler != nullptr ? py::object(text(scheduler, "scheduler")) : py::none(),
-                py::arg("threads") = threads > 0 ? py::object(py::int_(threads)) : py::none());
+                path(objects, directory),
+                py::arg("backend") = options.backend != nullptr ? text(options.backend, "backend") : py::str("auto"),
+                py::arg("scheduler") = optional_text(options.scheduler, "scheduler"),
+                py::arg("threads") = options.threads > 0 ? py::object(py::int_(options.threads)) : py::none(),
+                py::arg("precision") = optional_text(options.precision, "precision"));
             return new audioldm_trt_engine{loaded, loaded.attr("sampling_rate").cast<int>(),
                                            loaded.attr("backend").attr("describe")().cast<std::string>()};
         });
@@ -271,7 +466,12 @@ audioldm_trt_status audioldm_trt_engine_load(const char *directory, const char *
 
 void audioldm_trt_engine_free(audioldm_trt_engine *engine) {
     if (engine == nullptr) return;
-    guarded(nullptr, [&] { with_python([&](Python &) { delete engine; }); });
+    guarded(nullptr, [&] {
+        with_python([&](Python &) {
+            std::unique_ptr<audioldm_trt_engine> owned(engine);
+            owned->engine.attr("close")();  // the GPU memory now, whoever else holds the Python object
+        });
+    });
 }
 
 int audioldm_trt_sampling_rate(const audioldm_trt_engine *engine) {
@@ -282,12 +482,8 @@ const char *audioldm_trt_engine_backend(const audioldm_trt_engine *engine) {
     return engine != nullptr ? engine->backend.c_str() : "";
 }
 
-void audioldm_trt_generate_params_init(audioldm_trt_generate_params *params) {
-    if (params == nullptr) return;
-    *params = audioldm_trt_generate_params{};
-    params->steps = 10;
-    params->guidance = 2.5;
-    params->waveforms = 1;
+void audioldm_trt_cancel(audioldm_trt_engine *engine) {
+    if (engine != nullptr) engine->cancels.fetch_add(1);
 }
 
 audioldm_trt_status audioldm_trt_generate(audioldm_trt_engine *engine, const audioldm_trt_generate_params *params,
@@ -296,22 +492,23 @@ audioldm_trt_status audioldm_trt_generate(audioldm_trt_engine *engine, const aud
     if (audio != nullptr) *audio = nullptr;
     if (waveforms != nullptr) *waveforms = 0;
     if (samples != nullptr) *samples = 0;
+    uint64_t cancels = engine != nullptr ? engine->cancels.load() : 0;  // cancels from here on stop this call
     return guarded(error, [&] {
         require(engine != nullptr, "engine is NULL");
         require(params != nullptr, "params is NULL");
         require(audio != nullptr && waveforms != nullptr && samples != nullptr, "audio, waveforms or samples is NULL");
-        require(params->prompt != nullptr, "prompt is NULL");
-        with_python([&](Python &) {
+        auto request = read_params(params, audioldm_trt_generate_params_init, "audioldm_trt_generate_params");
+        require(request.prompt != nullptr, "prompt is NULL");
+        with_python([&](Python &objects) {
             py::object result = engine->engine.attr("run")(
-                text(params->prompt, "prompt"),
+                text(request.prompt, "prompt"),
                 py::arg("audio_length_in_s") =
-                    params->duration_s == 0 ? py::object(py::none()) : py::object(py::float_(params->duration_s)),
-                py::arg("num_inference_steps") = params->steps, py::arg("guidance_scale") = params->guidance,
-                py::arg("negative_prompt") = params->negative_prompt != nullptr
-                                                 ? py::object(text(params->negative_prompt, "negative_prompt"))
-                                                 : py::none(),
-                py::arg("num_waveforms_per_prompt") = params->waveforms, py::arg("eta") = params->eta,
-                py::arg("seed") = params->seeded != 0 ? py::object(py::int_(params->seed)) : py::none());
+                    request.duration_s == 0 ? py::object(py::none()) : py::object(py::float_(request.duration_s)),
+                py::arg("num_inference_steps") = request.steps, py::arg("guidance_scale") = request.guidance,
+                py::arg("negative_prompt") = optional_text(request.negative_prompt, "negative_prompt"),
+                py::arg("num_waveforms_per_prompt") = request.waveforms, py::arg("eta") = request.eta,
+                py::arg("seed") = request.seeded != 0 ? py::object(py::int_(request.seed)) : py::none(),
+                py::arg("on_step") = on_step(objects, engine, cancels, request));
             auto array = result.attr("audio").cast<py::array_t<float, py::array::c_style | py::array::forcecast>>();
             auto rows = static_cast<size_t>(array.shape(0));
             auto columns = static_cast<size_t>(array.shape(1));

@@ -9,7 +9,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 
-typedef audioldm_trt_status (*load_function)(const char *, const char *, const char *, int, audioldm_trt_engine **,
+typedef audioldm_trt_status (*load_function)(const char *, const audioldm_trt_load_params *, audioldm_trt_engine **,
                                              char **);
 typedef void (*free_function)(audioldm_trt_engine *);
 
@@ -30,7 +30,8 @@ int main(int argc, char **argv) {
     *(void **)&free_engine = dlsym(library, "audioldm_trt_engine_free");
     audioldm_trt_engine *engine = NULL;
     char *error = NULL;
-    audioldm_trt_status status = load(argv[2], "onnxruntime-cpu", NULL, 1, &engine, &error);
+    audioldm_trt_load_params params = {.struct_size = sizeof params, .backend = "onnxruntime-cpu", .threads = 1};
+    audioldm_trt_status status = load(argv[2], &params, &engine, &error);
     printf("%d\t%s\n", (int)status, error != NULL ? error : "");
     free_engine(engine);
     return 0;
