@@ -51,6 +51,7 @@ def add_commands(
     bench.set_defaults(handler=_bench)
     _add_load_tests(commands, common)
     _add_audio_bench(commands, common)
+    _add_stream_bench(commands, common)
 
 
 def _add_audio_bench(
@@ -73,6 +74,44 @@ def _add_audio_bench(
     audio.add_argument("--input-audio", type=Path, help="input clip (default: a synthetic one of --duration)")
     audio.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
     audio.set_defaults(handler=_bench_audio)
+
+
+def _add_stream_bench(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    stream = commands.add_parser(
+        "bench-stream",
+        parents=[common],
+        help="time to first audio of Engine.stream against the whole answer, unloaded, on one export",
+    )
+    stream.add_argument("--engine", type=Path, required=True, help="directory written by `audioldm-trt export`")
+    stream.add_argument("--backend", default="auto", help="what runs the graphs (default auto)")
+    stream.add_argument("--duration", type=positive_float, default=10.0, help="seconds of audio (default 10)")
+    stream.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
+    stream.add_argument("--chunk", type=positive_float, default=2.0, help="seconds per vocoder chunk (default 2)")
+    stream.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
+    stream.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
+    stream.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
+    stream.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
+    stream.set_defaults(handler=_bench_stream)
+
+
+def _bench_stream(args: argparse.Namespace) -> None:
+    from . import streaming
+
+    settings = streaming.Settings(
+        engine=args.engine,
+        backend=args.backend,
+        duration=args.duration,
+        steps=args.steps,
+        chunk=args.chunk,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+    )
+    record = streaming.run_benchmark(settings)
+    print(streaming.table(record))
+    print(f"wrote {streaming.write(record, args.output)}")
 
 
 def _bench_audio(args: argparse.Namespace) -> None:

@@ -133,3 +133,27 @@ def test_bench_audio_times_style_transfer_beside_text_to_audio(tiny: ModelUnderT
     assert medians["text_to_audio"]["unet_calls"] == 10 and medians["style_transfer"]["unet_calls"] == 5
     assert medians["text_to_audio"]["vae_encoder"] == 0 < medians["style_transfer"]["vae_encoder"]
     assert 0 < record["encoder_share"] < 1
+
+
+def test_bench_stream_times_the_first_chunk_beside_the_whole_answer(tiny: ModelUnderTest, tmp_path: Path) -> None:
+    """``audioldm-trt bench-stream`` on the tiny export: the first chunk before the last, every chunk counted."""
+    result = run_cli(
+        "bench-stream",
+        "--engine",
+        str(tiny.export),
+        "--duration",
+        "2",
+        "--chunk",
+        "0.5",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--output",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first audio after" in result.stdout
+    medians = json.loads((tmp_path / "streaming.json").read_text())["medians"]
+    assert 0 < medians["first_audio"] < medians["last_audio"] and medians["whole"] > 0
+    assert medians["chunks"] >= 3
