@@ -54,45 +54,55 @@ def add_commands(
     _add_stream_bench(commands, common)
 
 
+def _add_engine_bench(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    help: str,
+    duration: float,
+) -> argparse.ArgumentParser:
+    """A timing command on one loaded export: the arguments that bench-audio and bench-stream share."""
+    parser = commands.add_parser(name, parents=[common], help=help)
+    parser.add_argument("--engine", type=Path, required=True, help="directory written by `audioldm-trt export`")
+    parser.add_argument("--backend", default="auto", help="what runs the graphs (default auto)")
+    parser.add_argument(
+        "--duration", type=positive_float, default=duration, help=f"seconds of audio (default {duration:g})"
+    )
+    parser.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
+    parser.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
+    parser.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
+    return parser
+
+
 def _add_audio_bench(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    audio = commands.add_parser(
+    audio = _add_engine_bench(
+        commands,
+        common,
         "bench-audio",
-        parents=[common],
-        help="time style transfer against text-to-audio at the same steps on one export (the encoder's share)",
+        "time style transfer against text-to-audio at the same steps on one export (the encoder's share)",
+        5.0,
     )
-    audio.add_argument("--engine", type=Path, required=True, help="directory written by `audioldm-trt export`")
-    audio.add_argument("--backend", default="auto", help="what runs the graphs (default auto)")
-    audio.add_argument("--duration", type=positive_float, default=5.0, help="seconds of audio (default 5)")
-    audio.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
     audio.add_argument("--strength", type=finite_float, default=0.5, help="style transfer strength (default 0.5)")
     audio.add_argument("--guidance", type=finite_float, default=2.5, help="guidance scale (default 2.5)")
-    audio.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
-    audio.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
-    audio.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
     audio.add_argument("--input-audio", type=Path, help="input clip (default: a synthetic one of --duration)")
-    audio.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
     audio.set_defaults(handler=_bench_audio)
 
 
 def _add_stream_bench(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    stream = commands.add_parser(
+    stream = _add_engine_bench(
+        commands,
+        common,
         "bench-stream",
-        parents=[common],
-        help="time to first audio of Engine.stream against the whole answer, unloaded, on one export",
+        "time to first audio of Engine.stream against the whole answer, unloaded, on one export",
+        10.0,
     )
-    stream.add_argument("--engine", type=Path, required=True, help="directory written by `audioldm-trt export`")
-    stream.add_argument("--backend", default="auto", help="what runs the graphs (default auto)")
-    stream.add_argument("--duration", type=positive_float, default=10.0, help="seconds of audio (default 10)")
-    stream.add_argument("--steps", type=positive_int, default=10, help="denoising steps (default 10)")
     stream.add_argument("--chunk", type=positive_float, default=2.0, help="seconds per vocoder chunk (default 2)")
-    stream.add_argument("--runs", type=positive_int, default=5, help="timed runs of each (default 5)")
-    stream.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
-    stream.add_argument("--threads", type=positive_int, help="threads per graph call (default: all cores)")
-    stream.add_argument("--output", type=Path, default=Path("bench-results"), help="report directory (./bench-results)")
     stream.set_defaults(handler=_bench_stream)
 
 
