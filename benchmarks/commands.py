@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
+import importlib
 import shlex
 from pathlib import Path
 from typing import Any
@@ -89,7 +92,7 @@ def _add_audio_bench(
     audio.add_argument("--strength", type=finite_float, default=0.5, help="style transfer strength (default 0.5)")
     audio.add_argument("--guidance", type=finite_float, default=2.5, help="guidance scale (default 2.5)")
     audio.add_argument("--input-audio", type=Path, help="input clip (default: a synthetic one of --duration)")
-    audio.set_defaults(handler=_bench_audio)
+    audio.set_defaults(handler=functools.partial(_bench_on_export, "audio_to_audio"))
 
 
 def _add_stream_bench(
@@ -103,45 +106,17 @@ def _add_stream_bench(
         10.0,
     )
     stream.add_argument("--chunk", type=positive_float, default=2.0, help="seconds per vocoder chunk (default 2)")
-    stream.set_defaults(handler=_bench_stream)
+    stream.set_defaults(handler=functools.partial(_bench_on_export, "streaming"))
 
 
-def _bench_stream(args: argparse.Namespace) -> None:
-    from . import streaming
-
-    settings = streaming.Settings(
-        engine=args.engine,
-        backend=args.backend,
-        duration=args.duration,
-        steps=args.steps,
-        chunk=args.chunk,
-        runs=args.runs,
-        warmup=args.warmup,
-        threads=args.threads,
-    )
-    record = streaming.run_benchmark(settings)
-    print(streaming.table(record))
-    print(f"wrote {streaming.write(record, args.output)}")
-
-
-def _bench_audio(args: argparse.Namespace) -> None:
-    from . import audio_to_audio
-
-    settings = audio_to_audio.Settings(
-        engine=args.engine,
-        backend=args.backend,
-        duration=args.duration,
-        steps=args.steps,
-        strength=args.strength,
-        guidance=args.guidance,
-        runs=args.runs,
-        warmup=args.warmup,
-        threads=args.threads,
-        input_audio=args.input_audio,
-    )
-    record = audio_to_audio.run_benchmark(settings)
-    print(audio_to_audio.table(record))
-    print(f"wrote {audio_to_audio.write(record, args.output)}")
+def _bench_on_export(module_name: str, args: argparse.Namespace) -> None:
+    """bench-audio and bench-stream: the module's Settings from the arguments of the same names, its run, its
+    table printed and its report written."""
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    names = [field.name for field in dataclasses.fields(module.Settings)]
+    record = module.run_benchmark(module.Settings(**{name: getattr(args, name) for name in names}))
+    print(module.table(record))
+    print(f"wrote {module.write(record, args.output)}")
 
 
 def _bench(args: argparse.Namespace) -> None:
