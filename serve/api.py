@@ -28,6 +28,9 @@ MAX_INPUT_AUDIO_BYTES = 12 * 1024 * 1024
 #: Request bodies larger than this are refused unread: a text-to-audio body is a few hundred bytes, one with an
 #: input clip that clip's file in base64 (4/3 of its size) more.
 MAX_BODY_BYTES = 16 * 1024 + (MAX_INPUT_AUDIO_BYTES + 2) // 3 * 4
+#: The 503 of a request whose engine replica stopped under it (its process died, or its engine call hung and the
+#: replica gave up on it).
+REPLICA_LOST_MESSAGE = "the engine replica serving this request stopped; retry"
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac"}
 #: ``Engine.request``'s arguments and the body fields they come from (the names of ``audioldm-trt generate``).
 ENGINE_ARGUMENT_FIELDS = {

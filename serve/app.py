@@ -13,6 +13,8 @@ from .settings import ServeSettings, replica_cpus, replica_gpus
 
 #: Calls a replica takes beyond the requests it holds: the ingress's status looks (readiness, metrics).
 STATUS_CALL_SLOTS = 4
+#: The longest interval between Ray's health checks of an engine replica (Ray's default).
+HEALTH_CHECK_PERIOD_SECONDS = 10.0
 #: Seconds beyond the request timeout that Ray waits for a stopping replica's requests (redeploys, scale-down).
 SHUTDOWN_MARGIN_SECONDS = 10.0
 #: Seconds requests must wait beyond the target before the autoscaler adds a replica (Ray's default is 30): a
@@ -47,7 +49,9 @@ def build_app(args: ServeSettings) -> Any:
             # replica would otherwise answer only once a request left (a busy server reported not ready).
             max_ongoing_requests=settings.replica_capacity + STATUS_CALL_SLOTS,
             ray_actor_options=actor,
-            health_check_period_s=10,
+            # A hung engine call is noticed at most a period after --stall-timeout, and the replica replaced two
+            # periods later (Ray replaces a replica after three failed checks in a row).
+            health_check_period_s=min(HEALTH_CHECK_PERIOD_SECONDS, settings.stall_timeout),
             graceful_shutdown_timeout_s=settings.request_timeout + SHUTDOWN_MARGIN_SECONDS,
             graceful_shutdown_wait_loop_s=0.5,
         )

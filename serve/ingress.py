@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from .api import (
     AUDIO_MEDIA_TYPES,
     MAX_BODY_BYTES,
+    REPLICA_LOST_MESSAGE,
     ErrorBody,
     GenerateBody,
     GenerateResult,
@@ -221,7 +222,7 @@ class Call:
             raise Refusal(429, "the engine replicas' queue is full", {"Retry-After": str(self.retry_after)}) from None
         except (RayActorError, RequestCancelledError, DeploymentUnavailableError) as error:
             logger.warning("engine replica lost during a request: %s", first_line(error))
-            raise Refusal(503, "the engine replica serving this request stopped; retry") from None
+            raise Refusal(503, REPLICA_LOST_MESSAGE) from None
         except Exception as error:
             logger.exception("engine replica call failed")
             raise Refusal(500, f"the engine replica failed ({type(error).__name__})") from None
@@ -449,7 +450,7 @@ class Ingress:
             )
         except (TimeoutError, DeploymentUnavailableError):  # none answers in time; none is running
             answers = []
-        statuses = [a for a in answers if isinstance(a, dict)]
+        statuses = [a for a in answers if isinstance(a, dict) and a["live"]]
         self._live_replicas = len(statuses)
         self.metrics.replicas_ready.set(len(statuses))
         if statuses:

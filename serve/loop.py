@@ -90,7 +90,8 @@ class Job:
     def __init__(self, request: GenerationRequest, notify: Callable[[Event], None]) -> None:
         self.id = next(_ids)
         self.request = request
-        self.notify = notify
+        self._notify = notify
+        self._ended = False
         self.admitted = time.monotonic()
         self.first_call: float | None = None
         #: Set when the loop starts the request (its text encoding and initial noise).
@@ -100,6 +101,13 @@ class Job:
         self.cancelled = False
         #: Estimated seconds of the request alone, set when it starts (its deadline's measure).
         self.service_seconds = 0.0
+
+    def notify(self, event: Event) -> None:
+        """Send an event; nothing after the final one (a request given up on hears no more of its call)."""
+        if self._ended:
+            return
+        self._ended = not isinstance(event, Progress | Audio)
+        self._notify(event)
 
     @property
     def started(self) -> Denoising:
@@ -154,6 +162,8 @@ class StepLoop:
         self._inbox: list[Job] = []
         self._running: dict[int, Job] = {}
         self._closed = False
+        #: Given up on (``abandon``): its thread is stuck in an engine call and is never waited for.
+        self.abandoned = False
         #: ``time.monotonic()`` when the engine call under way began; None between calls.
         self._call_started: float | None = None
         self._thread = threading.Thread(target=self._run, name="audioldm-step-loop", daemon=True)
@@ -196,7 +206,18 @@ class StepLoop:
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._thread.join()
+        if not self.abandoned:
+            self._thread.join()
+
+    def abandon(self, message: str) -> None:
+        """Give up on a wedged engine: every request held is answered 503 with ``message`` now and new ones are
+        refused. The loop's thread, stuck in its call, is left behind (a daemon; it goes with the process), and
+        anything it sends if the call ever returns reaches no one (a request hears one final event)."""
+        with self._wake:
+            self._closed = self.abandoned = True
+            held = [*self._inbox, *self._running.values()]
+        for job in held:
+            job.notify(Failed(503, message))
 
     def _run(self) -> None:
         while True:

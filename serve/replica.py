@@ -16,7 +16,7 @@ from ray import serve
 from audioldm_trt.engine import Engine, GenerationRequest
 from audioldm_trt.engine.decoding import chunk_frames
 
-from .api import encode_audio, encode_pcm16, http_field_names
+from .api import REPLICA_LOST_MESSAGE, encode_audio, encode_pcm16, http_field_names
 from .loop import (
     Audio,
     CallRecord,
@@ -108,18 +108,26 @@ class EngineReplica:
         logger.info("replica %s ready: %s, policy %s", self._id, self._engine.backend.describe(), policy.name)
 
     def status(self, metrics: bool = False) -> dict[str, Any]:
+        """``live`` is false once the replica gave up on a wedged engine: the ingress admits for the others and
+        is not ready on its account while Ray replaces it."""
         held = self._loop.held()
         self.metrics.held.set(held)
         exposition = self.metrics.exposition() if metrics else ""
-        return {"replica": self._id, "policy": self._loop.policy, "held": held, "metrics": exposition}
+        live = not self._loop.abandoned
+        return {"replica": self._id, "policy": self._loop.policy, "held": held, "metrics": exposition, "live": live}
 
     def check_health(self) -> None:
-        """Ray restarts a replica whose loop thread died or whose engine call has hung past ``stall_timeout``
-        (the requests it held are answered 503 by the ingress when the replica goes)."""
+        """Ray replaces a replica whose loop thread died or whose engine call has hung past ``stall_timeout``.
+        A wedged replica answers the requests it holds 503 at once (rather than when Ray's graceful stop, which
+        waits for them, gives up), so that its stop is quick too."""
+        if self._loop.abandoned:
+            raise RuntimeError("the engine is wedged")
         if not self._loop.alive():
             raise RuntimeError("the step loop thread stopped")
         stalled = self._loop.stalled_seconds()
         if stalled > self._settings.stall_timeout:
+            logger.error("replica %s: an engine call has not returned for %.0f s; giving up on it", self._id, stalled)
+            self._loop.abandon(REPLICA_LOST_MESSAGE)
             raise RuntimeError(f"an engine call has not returned for {stalled:.0f} s: the engine is wedged")
 
     async def generate(
@@ -204,4 +212,5 @@ class EngineReplica:
         loop = getattr(self, "_loop", None)
         if loop is not None:
             loop.close()
-            self._engine.close()
+            if not loop.abandoned:  # a wedged call still uses the engine: the process's exit frees it
+                self._engine.close()

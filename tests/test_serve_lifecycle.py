@@ -1,17 +1,29 @@
 """Stopping and starting `audioldm-trt serve` as operators do, on a real server (the command, its own Ray, real
 HTTP, the tiny model): SIGTERM drains (no new admissions, /readyz 503, the request in flight answered 200),
-the port serves again at once, and an idle server stops within seconds."""
+the port serves again at once, an idle server stops within seconds; with faults planted
+(tests/faults/sitecustomize.py): an unexpected error returns its admission slot, and a replica whose engine
+hangs is given up on and replaced."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import ModelUnderTest
-from test_serve import Server
+import pytest
 
+from audioldm_trt.serve.api import REPLICA_LOST_MESSAGE
+
+from conftest import ModelUnderTest
+from test_serve import READINESS_TTL_SECONDS, Server
+
+#: Seconds a hung engine call lasts before the faulty server's replica counts as wedged.
+STALL_SECONDS = 2
 #: A request long enough to be in flight when the signal comes (hundreds of UNet calls of the tiny model).
 LONG = {"prompt": "a long one", "duration": 1.0, "steps": 400, "seed": 1}
 
@@ -58,3 +70,70 @@ def test_sigterm_drains_then_the_port_serves_again_and_an_idle_server_stops_quic
         assert time.monotonic() - signalled < 10 and second.process.returncode == 0, second.output()[-2000:]
     finally:
         second.stop()
+
+
+@dataclass
+class FaultyServer:
+    """A server whose processes carry tests/faults/sitecustomize.py, and the file its hung call touches."""
+
+    server: Server
+    hung: Path
+
+
+@pytest.fixture(scope="module")
+def faulty(tiny: ModelUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyServer]:
+    """A replica holds 2 requests; a hung engine call counts as wedged after STALL_SECONDS."""
+    directory = tmp_path_factory.mktemp("faulty")
+    hung = directory / "hung"
+    paths = [str(Path(__file__).resolve().parent / "faults"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "FAULTS_MARKER": str(hung), "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    arguments = ["--engine", str(tiny.export), "--threads", "1", "--max-batch", "1", "--max-queue", "1"]
+    server = Server(directory / "server.log", *arguments, "--stall-timeout", str(STALL_SECONDS), env=env)
+    try:
+        server.wait_serving()
+        yield FaultyServer(server, hung)
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.output()[-2000:]
+
+
+def test_an_unexpected_error_answers_500_and_returns_its_admission_slot(faulty: FaultyServer) -> None:
+    """A bug in the ingress (the answer's JSON raises, for seed 13): 500, counted, and its slot is returned, so
+    that a server that answered its capacity's worth of such requests still admits."""
+    server = faulty.server
+    for _ in range(2):  # the replica's capacity
+        assert server.post({"prompt": "explode", "steps": 2, "duration": 0.5, "seed": 13}).status == 500
+    metrics = server.metrics(fresh=True)
+    assert metrics["audioldm_requests_in_flight"] == 0 and metrics['audioldm_requests_total{status="500"}'] == 2
+    assert server.post({"prompt": "fine", "steps": 2, "duration": 0.5, "seed": 14}).status == 200
+
+
+def test_a_wedged_engine_is_given_up_on_its_requests_answered_503_and_its_replica_replaced(
+    faulty: FaultyServer,
+) -> None:
+    """An engine call that never returns (tests/faults/sitecustomize.py hangs the UNet call of the prompt
+    "wedge", as a call on a hung GPU would): once it has lasted --stall-timeout the replica's health check fails
+    and the requests it holds are answered 503 at once, Ray replaces the replica, and the new one serves."""
+    server = faulty.server
+    wedged = _replica_ids(server)
+    with ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(server.post, {"prompt": "wedge", "steps": 2, "duration": 0.5})
+        _wait(faulty.hung.exists, 60, "the engine call never hung")
+        hung = time.monotonic()
+        behind = pool.submit(server.post, {"prompt": "behind it", "steps": 2, "duration": 0.5})
+        answers = [stuck.result(timeout=120), behind.result(timeout=120)]
+    # Given up on at the first health check past the stall (Ray checks every --stall-timeout here).
+    assert time.monotonic() - hung < 2 * STALL_SECONDS + 10
+    assert [answer.status for answer in answers] == [503, 503], [answer.body[:300] for answer in answers]
+    assert answers[0].json()["error"] == REPLICA_LOST_MESSAGE
+    after = {"prompt": "after it", "steps": 2, "duration": 0.5}
+    _wait(lambda: server.post(after).status == 200, 180, "no replica served again")
+    replaced = _replica_ids(server)
+    assert len(wedged) == len(replaced) == 1 and not wedged & replaced
+    assert f"replica {wedged.pop()}: an engine call has not returned" in server.output()
+
+
+def _replica_ids(server: Server) -> set[str]:
+    """The engine replicas /metrics shows now."""
+    time.sleep(READINESS_TTL_SECONDS + 0.1)  # past the ingress's cached look
+    return set(re.findall(r'replica="(\w+)"', server.get("/metrics").body.decode()))

@@ -301,3 +301,32 @@ def test_a_hung_engine_call_shows_in_stalled_seconds(tiny: ModelUnderTest, times
     finally:
         engine.release.set()
         loop.close()
+
+
+def test_a_loop_given_up_on_answers_what_it_holds_at_once_and_nothing_after(
+    tiny: ModelUnderTest, times: ServiceTimes
+) -> None:
+    """What a replica does when its health check finds the engine wedged: the requests held (in the hung call
+    and waiting behind it) are answered 503 at once, new ones are refused, ``close`` does not wait for the hung
+    thread, and if the call ever returns its requests hear nothing more."""
+    engine = HangingEngine(tiny.engine)
+    loop = StepLoop(engine, Fifo(), times)  # type: ignore[arg-type]
+    try:
+        _, stuck = submit(loop, tiny.engine, {"prompt": "a", "num_inference_steps": 2})
+        assert engine.entered.wait(60)
+        _, behind = submit(loop, tiny.engine, {"prompt": "b", "num_inference_steps": 2})
+        loop.abandon("given up")
+        assert stuck.final(timeout=1) == Failed(503, "given up") == behind.final(timeout=1)
+        with pytest.raises(RuntimeError, match="closed"):
+            submit(loop, tiny.engine, {"prompt": "c", "num_inference_steps": 2})
+        loop.close()
+        assert loop.alive()
+        engine.release.set()
+        deadline = time.monotonic() + 60
+        while loop.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not loop.alive()
+        assert stuck.events.empty() and behind.events.empty()
+    finally:
+        engine.release.set()
+        loop.close()
