@@ -147,7 +147,7 @@ class EngineReplica:
             try:
                 self._loop.submit([ticket.job])
             except RuntimeError:  # closed: Ray is stopping this replica
-                yield {"event": "error", "status": 503, "error": "the engine replica is shutting down; retry"}
+                yield {"event": "error", "status": 503, "error": self._closed_message()}
                 return
         try:
             yield {"event": "accepted"}
@@ -178,10 +178,14 @@ class EngineReplica:
             self._loop.submit([ticket.job for ticket in tickets])
         except RuntimeError:  # closed: Ray is stopping this replica
             for ticket in tickets:
-                ticket.job.notify(Failed(503, "the engine replica is shutting down; retry"))
+                ticket.job.notify(Failed(503, self._closed_message()))
             return [None] * len(tickets)
         await asyncio.gather(*(ticket.finished.wait() for ticket in tickets))
         return [None] * len(tickets)
+
+    def _closed_message(self) -> str:
+        """Why a closed loop refuses a request: the replica gave up on its engine, or Ray is stopping it."""
+        return REPLICA_LOST_MESSAGE if self._loop.abandoned else "the engine replica is shutting down; retry"
 
     def _result(self, finished: Finished, audio_format: str) -> dict[str, Any]:
         generation = finished.generation
