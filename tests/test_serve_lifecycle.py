@@ -98,8 +98,8 @@ def faulty(tiny: ModelUnderTest, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def test_an_unexpected_error_answers_500_and_returns_its_admission_slot(faulty: FaultyServer) -> None:
-    """A bug in the ingress (the answer's JSON raises, for seed 13): 500, counted, and its slot is returned, so
-    that a server that answered its capacity's worth of such requests still admits."""
+    """A bug in the ingress (its answer raises, for seed 13): 500, counted, and its slot is returned, so that a
+    server that answered its capacity's worth of such requests still admits."""
     server = faulty.server
     for _ in range(2):  # the replica's capacity
         assert server.post({"prompt": "explode", "steps": 2, "duration": 0.5, "seed": 13}).status == 500
