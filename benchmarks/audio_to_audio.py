@@ -9,32 +9,24 @@ medians per stage, the UNet calls of each, and the share of the encoder (and fro
 from __future__ import annotations
 
 import io
-import json
-import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..engine import Engine
+from .engine_bench import EngineBenchSettings, record_head, write_record
 
 STAGES = ("front_end", "text_encoder", "vae_encoder", "unet", "scheduler", "vae_decoder", "vocoder", "total")
 
 
 @dataclass(frozen=True)
-class Settings:
-    engine: Path
-    backend: str = "auto"
+class Settings(EngineBenchSettings):
     duration: float = 5.0
-    steps: int = 10
     strength: float = 0.5
     guidance: float = 2.5
-    runs: int = 5
-    warmup: int = 1
-    threads: int | None = None
     input_audio: Path | None = None
 
 
@@ -52,7 +44,7 @@ def synthetic_clip(seconds: float, rate: int) -> bytes:
 
 def run_benchmark(settings: Settings) -> dict[str, Any]:
     """Time text-to-audio and style transfer alternately; the medians of each stage (seconds) and the calls."""
-    engine = Engine.load(settings.engine, backend=settings.backend, threads=settings.threads)
+    engine = settings.load()
     clip = (
         settings.input_audio.read_bytes()
         if settings.input_audio
@@ -88,9 +80,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
     }
     transfer_median = medians["style_transfer"]
     return {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "backend": engine.backend.describe(),
-        "machine": platform.processor() or platform.machine(),
+        **record_head(settings, engine),
         "medians": medians,
         "encoder_share": transfer_median["vae_encoder"] / transfer_median["total"],
         "front_end_share": transfer_median["front_end"] / transfer_median["total"],
@@ -120,7 +110,4 @@ def table(record: dict[str, Any]) -> str:
 
 
 def write(record: dict[str, Any], output: Path) -> Path:
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / "audio-to-audio.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_record(record, output, "audio-to-audio.json")

@@ -7,32 +7,23 @@ what a streaming client no longer waits for.
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import Engine
+from .engine_bench import EngineBenchSettings, record_head, write_record
 
 
 @dataclass(frozen=True)
-class Settings:
-    engine: Path
-    backend: str = "auto"
-    duration: float = 10.0
-    steps: int = 10
+class Settings(EngineBenchSettings):
     chunk: float = 2.0
-    runs: int = 5
-    warmup: int = 1
-    threads: int | None = None
 
 
 def run_benchmark(settings: Settings) -> dict[str, Any]:
     """Seconds to the whole audio (``complete``), and to the first and the last chunk (``stream``), medians."""
-    engine = Engine.load(settings.engine, backend=settings.backend, threads=settings.threads)
+    engine = settings.load()
     request = engine.request(
         "a dog barking in the rain", audio_length_in_s=settings.duration, num_inference_steps=settings.steps, seed=0
     )
@@ -51,9 +42,7 @@ def run_benchmark(settings: Settings) -> dict[str, Any]:
             samples.append({"whole": whole, "first_audio": first, "last_audio": last, "chunks": count})
     medians = {key: statistics.median(sample[key] for sample in samples) for key in samples[0]}
     return {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "backend": engine.backend.describe(),
-        "machine": platform.processor() or platform.machine(),
+        **record_head(settings, engine),
         "medians": medians,
         "samples": samples,
     }
@@ -74,7 +63,4 @@ def table(record: dict[str, Any]) -> str:
 
 
 def write(record: dict[str, Any], output: Path) -> Path:
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / "streaming.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return write_record(record, output, "streaming.json")

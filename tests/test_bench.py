@@ -4,6 +4,7 @@ parity and the stages. No timing is asserted: CI machines are too noisy for that
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from conftest import AUDIO_TOLERANCE, ModelUnderTest
@@ -111,22 +112,17 @@ def test_on_a_gpu_the_fp32_export_is_the_quality_reference(tiny: ModelUnderTest)
     assert "| audioldm-trt onnxruntime-cuda (fp16) | audioldm-trt onnxruntime-cuda-fp32 |" in markdown(record)
 
 
+def _bench_once(command: str, model: ModelUnderTest, output: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """A bench command on one export, one timed run and no warm-up; it must succeed."""
+    arguments = ["--engine", str(model.export), *options, "--runs", "1", "--warmup", "0", "--output", str(output)]
+    result = run_cli(command, *arguments)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_bench_audio_times_style_transfer_beside_text_to_audio(tiny: ModelUnderTest, tmp_path: Path) -> None:
     """``audioldm-trt bench-audio`` on the tiny export: both sides timed, half the UNet calls at strength 0.5."""
-    result = run_cli(
-        "bench-audio",
-        "--engine",
-        str(tiny.export),
-        "--duration",
-        "1",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--output",
-        str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr
+    result = _bench_once("bench-audio", tiny, tmp_path, "--duration", "1")
     assert "style transfer takes" in result.stdout and "VAE encoder is" in result.stdout
     record = json.loads((tmp_path / "audio-to-audio.json").read_text())
     medians = record["medians"]
@@ -137,22 +133,7 @@ def test_bench_audio_times_style_transfer_beside_text_to_audio(tiny: ModelUnderT
 
 def test_bench_stream_times_the_first_chunk_beside_the_whole_answer(tiny: ModelUnderTest, tmp_path: Path) -> None:
     """``audioldm-trt bench-stream`` on the tiny export: the first chunk before the last, every chunk counted."""
-    result = run_cli(
-        "bench-stream",
-        "--engine",
-        str(tiny.export),
-        "--duration",
-        "2",
-        "--chunk",
-        "0.5",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--output",
-        str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr
+    result = _bench_once("bench-stream", tiny, tmp_path, "--duration", "2", "--chunk", "0.5")
     assert "first audio after" in result.stdout
     medians = json.loads((tmp_path / "streaming.json").read_text())["medians"]
     assert 0 < medians["first_audio"] < medians["last_audio"] and medians["whole"] > 0
